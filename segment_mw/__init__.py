@@ -1,0 +1,30 @@
+"""Server-side analytics in the Segment spec: pageview middleware, tracked calls, durable delivery.
+
+``import segment_mw`` wires nothing: call :func:`configure` (Django does it from
+settings), then use the six calls or ``@tracked``; add the middleware for pageviews.
+"""
+
+from __future__ import annotations
+
+from .api import alias, flush, group, identify, page, screen, track
+from .client import configure, get_client
+from .errors import ConfigurationError, InvalidEvent
+from .scope import Scope, bound
+from .version import __version__
+
+__all__ = [
+    "ConfigurationError",
+    "InvalidEvent",
+    "Scope",
+    "__version__",
+    "alias",
+    "bound",
+    "configure",
+    "flush",
+    "get_client",
+    "group",
+    "identify",
+    "page",
+    "screen",
+    "track",
+]

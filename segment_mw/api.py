@@ -1,0 +1,209 @@
+"""The six Segment calls. Identity and context default to the current request's or task's.
+
+Each returns the messageId. Invalid arguments raise :class:`~segment_mw.InvalidEvent`
+naming the field; queue or network trouble never raises (it is logged and counted).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from . import events
+from . import scope as scope_mod
+from .client import get_client
+
+Timestamp = dt.datetime | dt.date | str | None
+
+
+def emit(
+    type_: str,
+    fields: Mapping[str, Any],
+    *,
+    user_id: Any = None,
+    anonymous_id: Any = None,
+    context: Mapping[str, Any] | None = None,
+    integrations: Mapping[str, Any] | None = None,
+    timestamp: Timestamp = None,
+    message_id: str | None = None,
+    durable: bool = True,
+) -> str:
+    """Build, serialise and queue one message; the shared path of every call."""
+    client = get_client()
+    entry = events.build(
+        type_,
+        fields,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        context=context,
+        integrations=integrations,
+        timestamp=timestamp,
+        message_id=message_id,
+        default_integrations=client.settings.integrations,
+    )
+    client.emit(entry, durable=durable)
+    current = scope_mod.current()
+    if current is not None:
+        current.emitted += 1
+    return entry.message_id
+
+
+def track(
+    event: str,
+    properties: Mapping[str, Any] | None = None,
+    *,
+    user_id: Any = None,
+    anonymous_id: Any = None,
+    context: Mapping[str, Any] | None = None,
+    integrations: Mapping[str, Any] | None = None,
+    timestamp: Timestamp = None,
+    message_id: str | None = None,
+) -> str:
+    """Record that ``user_id`` (or the current user) did ``event``."""
+    return emit(
+        "track",
+        events.track_fields(event, properties),
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        context=context,
+        integrations=integrations,
+        timestamp=timestamp,
+        message_id=message_id,
+    )
+
+
+def _page_properties(properties: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The request's page fields under the caller's properties, as browsers send them."""
+    current = scope_mod.current()
+    page = current.context.get("page") if current is not None else None
+    if not isinstance(page, Mapping):
+        return dict(properties) if properties is not None else None
+    return {**page, **(properties or {})}
+
+
+def page(
+    name: str | None = None,
+    properties: Mapping[str, Any] | None = None,
+    *,
+    category: str | None = None,
+    user_id: Any = None,
+    anonymous_id: Any = None,
+    context: Mapping[str, Any] | None = None,
+    integrations: Mapping[str, Any] | None = None,
+    timestamp: Timestamp = None,
+    message_id: str | None = None,
+) -> str:
+    """Record a page view; inside a request the page fields are filled from it."""
+    if properties is not None and not isinstance(properties, Mapping):
+        events.page_fields(name, properties, category)  # raises with the field name
+    return emit(
+        "page",
+        events.page_fields(name, _page_properties(properties), category),
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        context=context,
+        integrations=integrations,
+        timestamp=timestamp,
+        message_id=message_id,
+    )
+
+
+def screen(
+    name: str | None = None,
+    properties: Mapping[str, Any] | None = None,
+    *,
+    category: str | None = None,
+    user_id: Any = None,
+    anonymous_id: Any = None,
+    context: Mapping[str, Any] | None = None,
+    integrations: Mapping[str, Any] | None = None,
+    timestamp: Timestamp = None,
+    message_id: str | None = None,
+) -> str:
+    """Record a screen view (apps)."""
+    return emit(
+        "screen",
+        events.page_fields(name, properties, category),
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        context=context,
+        integrations=integrations,
+        timestamp=timestamp,
+        message_id=message_id,
+    )
+
+
+def identify(
+    user_id: Any = None,
+    traits: Mapping[str, Any] | None = None,
+    *,
+    anonymous_id: Any = None,
+    context: Mapping[str, Any] | None = None,
+    integrations: Mapping[str, Any] | None = None,
+    timestamp: Timestamp = None,
+    message_id: str | None = None,
+) -> str:
+    """Tie a user to their traits (and to the current anonymous id)."""
+    return emit(
+        "identify",
+        events.identify_fields(traits),
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        context=context,
+        integrations=integrations,
+        timestamp=timestamp,
+        message_id=message_id,
+    )
+
+
+def group(
+    group_id: Any,
+    traits: Mapping[str, Any] | None = None,
+    *,
+    user_id: Any = None,
+    anonymous_id: Any = None,
+    context: Mapping[str, Any] | None = None,
+    integrations: Mapping[str, Any] | None = None,
+    timestamp: Timestamp = None,
+    message_id: str | None = None,
+) -> str:
+    """Associate the user with a group (an account, a company)."""
+    return emit(
+        "group",
+        events.group_fields(group_id, traits),
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        context=context,
+        integrations=integrations,
+        timestamp=timestamp,
+        message_id=message_id,
+    )
+
+
+def alias(
+    previous_id: Any,
+    user_id: Any,
+    *,
+    anonymous_id: Any = None,
+    context: Mapping[str, Any] | None = None,
+    integrations: Mapping[str, Any] | None = None,
+    timestamp: Timestamp = None,
+    message_id: str | None = None,
+) -> str:
+    """Merge the identity ``previous_id`` into ``user_id``."""
+    return emit(
+        "alias",
+        events.alias_fields(previous_id, user_id),
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        context=context,
+        integrations=integrations,
+        timestamp=timestamp,
+        message_id=message_id,
+    )
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Deliver everything queued now; True when nothing deliverable is left."""
+    return get_client().flush(timeout)

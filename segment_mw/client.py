@@ -1,0 +1,218 @@
+"""The process-wide client: settings, queue, producer and delivery, created lazily.
+
+``configure()`` installs a client; every public call goes through the current one. Parts
+that hold connections or threads are created on first use and again in a forked child,
+so nothing needs special care under gunicorn, uWSGI or Celery prefork.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import metrics
+from .config import Settings, load_settings
+from .delivery import Deliverer
+from .events import Entry
+from .flusher import InProcessFlusher
+from .producer import Producer
+from .queue import Queue, QueueStatus, open_queue
+
+log = logging.getLogger("segment_mw")
+
+WORKER_TIMEOUT = 10.0
+
+
+class Client:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.on_kick: Callable[[], None] | None = None
+        self.listeners: list[Callable[[Entry], None]] = []
+        self._lock = threading.RLock()
+        self._pid = -1
+        self._queue: Queue | None = None
+        self._push_queue: Queue | None = None
+        self._producer: Producer | None = None
+        self._deliverer: Deliverer | None = None
+        self._flusher: InProcessFlusher | None = None
+
+    def __repr__(self) -> str:
+        scheme = self.settings.queue_url.split("://")[0]
+        return f"Client(queue={scheme}://…, destinations={list(self.settings.destination_names)})"
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._queue = self._push_queue = None
+                    self._producer = self._deliverer = self._flusher = None
+                    self._pid = os.getpid()
+
+    @property
+    def queue(self) -> Queue:
+        """The queue for consumers (generous timeouts)."""
+        self._check_pid()
+        if self._queue is None:
+            with self._lock:
+                if self._queue is None:
+                    self._queue = open_queue(
+                        self.settings.queue_url,
+                        prefix=self.settings.queue_prefix,
+                        timeout=WORKER_TIMEOUT,
+                    )
+        return self._queue
+
+    @property
+    def push_queue(self) -> Queue:
+        """The queue for producers: a few milliseconds at most, never a retry loop."""
+        self._check_pid()
+        if self._push_queue is None:
+            with self._lock:
+                if self._push_queue is None:
+                    if self.settings.queue_url.startswith(("redis", "unix")):
+                        self._push_queue = open_queue(
+                            self.settings.queue_url,
+                            prefix=self.settings.queue_prefix,
+                            timeout=self.settings.enqueue_timeout,
+                        )
+                    else:
+                        self._push_queue = self.queue
+        return self._push_queue
+
+    @property
+    def producer(self) -> Producer:
+        self._check_pid()
+        if self._producer is None:
+            with self._lock:
+                if self._producer is None:
+                    self._producer = Producer(self.push_queue, self.settings, self._kick)
+        return self._producer
+
+    @property
+    def deliverer(self) -> Deliverer:
+        self._check_pid()
+        if self._deliverer is None:
+            with self._lock:
+                if self._deliverer is None:
+                    self._deliverer = Deliverer(self.settings, self.queue)
+        return self._deliverer
+
+    def _kick(self) -> None:
+        if self.on_kick is not None:
+            self.on_kick()
+        elif self.settings.in_process_flusher:
+            self.flusher.notify()
+
+    @property
+    def flusher(self) -> InProcessFlusher:
+        self._check_pid()
+        if self._flusher is None:
+            with self._lock:
+                if self._flusher is None:
+                    self._flusher = InProcessFlusher(
+                        self.deliverer, self.producer, self.settings.flush_delay
+                    )
+        return self._flusher
+
+    def emit(self, entry: Entry, *, durable: bool) -> None:
+        """Queue a serialised message. Never raises: trouble is logged and counted."""
+        for listener in self.listeners:
+            try:
+                listener(entry)
+            except Exception:
+                log.exception("event listener failed")
+        try:
+            self.producer.submit(entry, durable=durable)
+        except Exception:
+            metrics.count("dropped")
+            metrics.warn_once_per_interval(
+                "emit_failed", "could not queue a message", exc_info=True
+            )
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Push buffered messages and deliver everything deliverable now.
+
+        Returns True when nothing is left queued for a destination that is not backing off.
+        """
+        deadline = time.monotonic() + (timeout if timeout is not None else 30.0)
+        self.producer.drain(max(deadline - time.monotonic(), 0.0))
+        pending = set(self.deliverer.destinations)
+        while pending and time.monotonic() < deadline:
+            for name in sorted(pending):
+                report = self.deliverer.flush_destination(name, deadline=deadline)
+                if report.retry_at is not None or (not report.more and report.claim_in is None):
+                    pending.discard(name)
+            if pending:
+                time.sleep(0.05)
+        status = self.status()
+        return all(
+            d.queued == 0 or d.backoff_until is not None for d in status.destinations.values()
+        )
+
+    def status(self) -> QueueStatus:
+        return self.queue.status(self.settings.destination_names)
+
+    def replay(self, destination: str | None = None) -> dict[str, int]:
+        names = [destination] if destination else list(self.settings.destination_names)
+        for name in names:
+            self.settings.destination(name)  # a clear error for an unknown name
+        moved = {name: self.queue.replay(name) for name in names}
+        for name in names:
+            if moved[name]:
+                self.queue.clear_backoff(name)
+        if any(moved.values()):
+            self._kick()
+        return moved
+
+    def close(self) -> None:
+        if self._pid != os.getpid():
+            return
+        if self._flusher is not None:
+            self._flusher.close()
+        if self._producer is not None:
+            self._producer.close()
+        if self._deliverer is not None:
+            self._deliverer.close()
+        for queue in {id(q): q for q in (self._queue, self._push_queue) if q}.values():
+            queue.close()
+        self._pid = -1
+
+
+_client: Client | None = None
+_client_lock = threading.Lock()
+
+
+def configure(settings: Mapping[str, Any] | None = None, **overrides: Any) -> Client:
+    """Set up the process-wide client from a settings dict, overrides and the environment."""
+    global _client
+    new = Client(load_settings(settings, **overrides))
+    with _client_lock:
+        old, _client = _client, new
+    if old is not None:
+        new.on_kick = old.on_kick
+        new.listeners = old.listeners
+        old.close()
+    return new
+
+
+def get_client() -> Client:
+    """The current client, configured from the environment on first use if nobody did."""
+    global _client
+    if _client is None:
+        with _client_lock:
+            if _client is None:
+                _client = Client(load_settings())
+    return _client
+
+
+def reset_client() -> None:
+    """Close and forget the current client (tests, reconfiguration)."""
+    global _client
+    with _client_lock:
+        old, _client = _client, None
+    if old is not None:
+        old.close()

@@ -1,0 +1,350 @@
+"""The settings dict (``SEGMENT_MW``), its defaults, environment overrides and validation.
+
+One mapping is merged over the defaults, overridden by the deployment's environment
+variables, and checked once; every error names the key it is about. The resulting
+:class:`Settings` is immutable, and its ``repr`` never shows a write key or header value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError
+
+DESTINATION_TYPES = ("segment", "http", "jsonl", "log")
+SECRET_OPTIONS = frozenset({"write_key", "headers", "password", "token"})
+DEFAULT_SEGMENT_HOST = "https://api.segment.io"
+
+DEFAULT_SCRUB_PARAMS = (
+    "password",
+    "passwd",
+    "pass",
+    "pwd",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "auth",
+    "authorization",
+    "secret",
+    "client_secret",
+    "api_key",
+    "apikey",
+    "key",
+    "code",
+    "email",
+    "session",
+    "sessionid",
+    "signature",
+    "sig",
+)
+
+DEFAULT_PAGEVIEWS: dict[str, Any] = {
+    "ENABLED": True,
+    # Regexes matched against the path; STATIC_URL and MEDIA_URL are added by the Django app.
+    "EXCLUDE_PATHS": (
+        r"^/favicon\.ico$",
+        r"^/robots\.txt$",
+        r"^/sitemap[^/]*\.xml$",
+        r"^/apple-touch-icon[^/]*\.png$",
+        r"^/\.well-known/",
+        r"^/(health|healthz|healthcheck|ready|readyz|live|livez|ping|status)/?$",
+    ),
+    "EXCLUDE_BOTS": True,
+    "TITLE": True,  # read <title> from small in-memory HTML bodies
+    "TITLE_MAX_BYTES": 65536,
+    "NAME": "route",  # page name from the resolved route name; None for no name
+}
+
+DEFAULTS: dict[str, Any] = {
+    "QUEUE_URL": None,  # None: the embedded SQLite queue under the user's state directory
+    "QUEUE_PREFIX": "segment_mw",
+    "DESTINATIONS": {},
+    "INTEGRATIONS": {},
+    "PAGEVIEWS": DEFAULT_PAGEVIEWS,
+    "TRUSTED_PROXIES": (),
+    "IP": "full",  # "full", "anonymize" (last octet / 80 bits zeroed) or "none"
+    "SCRUB_PARAMS": DEFAULT_SCRUB_PARAMS,
+    "RESPECT_GPC": True,
+    "CONSENT": None,  # callable(request_info) -> bool; False means opted out
+    "USER_ID": None,  # callable(request) -> str | None, overrides the framework default
+    "COOKIE_DOMAIN": None,
+    "COOKIE_SECURE": False,
+    "SET_COOKIE": True,
+    "RETRY_BUDGET": 6 * 3600.0,
+    "ENQUEUE_TIMEOUT": 0.01,
+    "SPILL_MAX_EVENTS": 10_000,
+    "BUFFER_MAX_DELAY": 0.005,
+    "FLUSH_DELAY": 0.5,
+    "CLAIM_IDLE": 30.0,
+    "BATCH_MAX_EVENTS": 2500,
+    "BATCH_MAX_BYTES": 475_000,
+    "FLUSH_TIME_LIMIT": 20.0,
+    "ON_COMMIT": True,
+    "AUTH_SIGNALS": False,
+    "IN_PROCESS_FLUSHER": None,  # None: on for sqlite:// and memory://, off for redis://
+}
+
+_NUMBER_KEYS = (
+    "RETRY_BUDGET",
+    "ENQUEUE_TIMEOUT",
+    "BUFFER_MAX_DELAY",
+    "FLUSH_DELAY",
+    "CLAIM_IDLE",
+    "FLUSH_TIME_LIMIT",
+)
+_INT_LIMITS = {
+    "BATCH_MAX_EVENTS": (1, 2500),
+    "BATCH_MAX_BYTES": (1024, 500_000),
+    "SPILL_MAX_EVENTS": (0, 10**8),
+}
+
+
+def default_queue_url() -> str:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return f"sqlite:///{Path(state) / 'segment_mw' / 'queue.sqlite3'}"
+
+
+class _Redacted(dict[str, Any]):
+    """Destination options whose repr hides secrets (write keys, header values)."""
+
+    def __repr__(self) -> str:
+        shown = {k: ("***" if k in SECRET_OPTIONS else v) for k, v in self.items()}
+        return repr(shown)
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    name: str
+    type: str
+    options: Mapping[str, Any] = field(default_factory=_Redacted)
+
+    def __repr__(self) -> str:
+        return (
+            f"DestinationConfig(name={self.name!r}, type={self.type!r}, options={self.options!r})"
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    queue_url: str
+    queue_prefix: str
+    destinations: tuple[DestinationConfig, ...]
+    integrations: Mapping[str, Any]
+    pageviews: Mapping[str, Any]
+    trusted_proxies: tuple[str, ...] | int
+    ip: str
+    scrub_params: frozenset[str]
+    respect_gpc: bool
+    consent: Callable[[Any], bool] | None
+    user_id: Callable[[Any], Any] | None
+    cookie_domain: str | None
+    cookie_secure: bool
+    set_cookie: bool
+    retry_budget: float
+    enqueue_timeout: float
+    spill_max_events: int
+    buffer_max_delay: float
+    flush_delay: float
+    claim_idle: float
+    batch_max_events: int
+    batch_max_bytes: int
+    flush_time_limit: float
+    on_commit: bool
+    auth_signals: bool
+    in_process_flusher: bool
+
+    def destination(self, name: str) -> DestinationConfig:
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        raise ConfigurationError(f"DESTINATIONS: no destination named {name!r}")
+
+    @property
+    def destination_names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.destinations)
+
+
+def _import_string(path: str, key: str) -> Any:
+    from importlib import import_module
+
+    module_name, _, attr = path.replace(":", ".").rpartition(".")
+    try:
+        return getattr(import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigurationError(f"{key}: cannot import {path!r}: {exc}") from None
+
+
+def _callable_setting(value: Any, key: str) -> Callable[[Any], Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = _import_string(value, key)
+    if not callable(value):
+        raise ConfigurationError(f"{key}: expected a callable or a dotted path, got {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
+def _destinations(raw: Any, environ: Mapping[str, str]) -> tuple[DestinationConfig, ...]:
+    if not isinstance(raw, Mapping):
+        raise ConfigurationError("DESTINATIONS: expected a mapping of name to options")
+    raw = dict(raw)
+    write_key = environ.get("SEGMENT_WRITE_KEY")
+    host = environ.get("SEGMENT_HOST")
+    if write_key and not raw:
+        raw["Segment"] = {"type": "segment", "write_key": write_key}
+    out = []
+    for name, options in raw.items():
+        key = f"DESTINATIONS[{name!r}]"
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError("DESTINATIONS: destination names must be non-empty strings")
+        if name.lower() == "all":
+            raise ConfigurationError(f"{key}: 'All' is reserved by the integrations object")
+        if not isinstance(options, Mapping):
+            raise ConfigurationError(f"{key}: expected a mapping with a 'type'")
+        opts = _Redacted(options)
+        kind = opts.pop("type", None)
+        if kind not in DESTINATION_TYPES:
+            raise ConfigurationError(
+                f"{key}.type: expected one of {', '.join(DESTINATION_TYPES)}, got {kind!r}"
+            )
+        if kind == "segment":
+            if write_key and not opts.get("write_key"):
+                opts["write_key"] = write_key
+            if host:
+                opts["host"] = host
+            if not isinstance(opts.get("write_key"), str) or not opts["write_key"]:
+                raise ConfigurationError(
+                    f"{key}.write_key: a Segment destination needs a write key"
+                )
+            opts.setdefault("host", DEFAULT_SEGMENT_HOST)
+        if kind == "http" and not isinstance(opts.get("url"), str):
+            raise ConfigurationError(f"{key}.url: an http destination needs a url")
+        if kind == "jsonl" and not isinstance(opts.get("path"), (str, os.PathLike)):
+            raise ConfigurationError(f"{key}.path: a jsonl destination needs a file path")
+        if kind in ("segment", "http"):
+            scheme = urlsplit(str(opts.get("host") or opts.get("url"))).scheme
+            if scheme not in ("http", "https"):
+                raise ConfigurationError(f"{key}: the URL must start with http:// or https://")
+            timeout = opts.setdefault("timeout", 10.0)
+            if not isinstance(timeout, (int, float)) or timeout <= 0:
+                raise ConfigurationError(f"{key}.timeout: expected a positive number of seconds")
+            if "headers" in opts and not isinstance(opts["headers"], Mapping):
+                raise ConfigurationError(f"{key}.headers: expected a mapping")
+        out.append(DestinationConfig(name=name, type=kind, options=opts))
+    return tuple(out)
+
+
+def _check_queue_url(url: Any) -> str:
+    if not isinstance(url, str):
+        raise ConfigurationError(f"QUEUE_URL: expected a string, got {url!r}")
+    scheme = urlsplit(url).scheme
+    if scheme not in ("redis", "rediss", "unix", "sqlite", "memory"):
+        raise ConfigurationError(
+            f"QUEUE_URL: unsupported scheme {scheme!r}; use redis://, sqlite:/// or memory://"
+        )
+    return url
+
+
+def load_settings(
+    raw: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Merge ``raw`` and ``overrides`` over the defaults, apply the environment, validate."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = dict(DEFAULTS)
+    for source in (raw or {}, overrides):
+        for key, value in source.items():
+            if key not in DEFAULTS:
+                raise ConfigurationError(f"unknown setting {key!r}; known: {', '.join(DEFAULTS)}")
+            merged[key] = value
+    if environ.get("SEGMENT_MW_QUEUE_URL"):
+        merged["QUEUE_URL"] = environ["SEGMENT_MW_QUEUE_URL"]
+    queue_url = _check_queue_url(merged["QUEUE_URL"] or default_queue_url())
+
+    pageviews = dict(DEFAULT_PAGEVIEWS)
+    raw_pageviews = merged["PAGEVIEWS"]
+    if isinstance(raw_pageviews, bool):
+        raw_pageviews = {"ENABLED": raw_pageviews}
+    if not isinstance(raw_pageviews, Mapping):
+        raise ConfigurationError("PAGEVIEWS: expected a mapping or a bool")
+    for key, value in raw_pageviews.items():
+        if key not in DEFAULT_PAGEVIEWS:
+            raise ConfigurationError(f"PAGEVIEWS: unknown key {key!r}")
+        pageviews[key] = value
+    pageviews["EXCLUDE_PATHS"] = tuple(pageviews["EXCLUDE_PATHS"])
+
+    integrations = merged["INTEGRATIONS"]
+    if not isinstance(integrations, Mapping):
+        raise ConfigurationError("INTEGRATIONS: expected a mapping such as {'All': True}")
+
+    proxies = merged["TRUSTED_PROXIES"]
+    if isinstance(proxies, bool) or not isinstance(proxies, (int, list, tuple, str)):
+        raise ConfigurationError("TRUSTED_PROXIES: expected a hop count or a list of CIDRs")
+    if isinstance(proxies, str):
+        proxies = (proxies,)
+    if not isinstance(proxies, int):
+        import ipaddress
+
+        for cidr in proxies:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigurationError(f"TRUSTED_PROXIES: {cidr!r} is not a CIDR") from None
+        proxies = tuple(proxies)
+    elif proxies < 0:
+        raise ConfigurationError("TRUSTED_PROXIES: a hop count cannot be negative")
+
+    if merged["IP"] not in ("full", "anonymize", "none"):
+        raise ConfigurationError("IP: expected 'full', 'anonymize' or 'none'")
+    for key in _NUMBER_KEYS:
+        value = merged[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigurationError(f"{key}: expected a non-negative number, got {value!r}")
+    for key, (low, high) in _INT_LIMITS.items():
+        value = merged[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigurationError(f"{key}: expected a whole number from {low} to {high}")
+    scrub = merged["SCRUB_PARAMS"]
+    if isinstance(scrub, str) or not all(isinstance(p, str) for p in scrub):
+        raise ConfigurationError("SCRUB_PARAMS: expected a list of parameter names")
+    in_process = merged["IN_PROCESS_FLUSHER"]
+    if in_process is None:
+        in_process = not queue_url.startswith(("redis", "unix"))
+
+    return Settings(
+        queue_url=queue_url,
+        queue_prefix=str(merged["QUEUE_PREFIX"]),
+        destinations=_destinations(merged["DESTINATIONS"], environ),
+        integrations=dict(integrations),
+        pageviews=pageviews,
+        trusted_proxies=proxies,
+        ip=merged["IP"],
+        scrub_params=frozenset(p.lower() for p in scrub),
+        respect_gpc=bool(merged["RESPECT_GPC"]),
+        consent=_callable_setting(merged["CONSENT"], "CONSENT"),
+        user_id=_callable_setting(merged["USER_ID"], "USER_ID"),
+        cookie_domain=merged["COOKIE_DOMAIN"],
+        cookie_secure=bool(merged["COOKIE_SECURE"]),
+        set_cookie=bool(merged["SET_COOKIE"]),
+        retry_budget=float(merged["RETRY_BUDGET"]),
+        enqueue_timeout=float(merged["ENQUEUE_TIMEOUT"]),
+        spill_max_events=int(merged["SPILL_MAX_EVENTS"]),
+        buffer_max_delay=float(merged["BUFFER_MAX_DELAY"]),
+        flush_delay=float(merged["FLUSH_DELAY"]),
+        claim_idle=float(merged["CLAIM_IDLE"]),
+        batch_max_events=int(merged["BATCH_MAX_EVENTS"]),
+        batch_max_bytes=int(merged["BATCH_MAX_BYTES"]),
+        flush_time_limit=float(merged["FLUSH_TIME_LIMIT"]),
+        on_commit=bool(merged["ON_COMMIT"]),
+        auth_signals=bool(merged["AUTH_SIGNALS"]),
+        in_process_flusher=bool(in_process),
+    )

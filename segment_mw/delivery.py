@@ -1,0 +1,224 @@
+"""Draining the queue into one destination: batching, acknowledging, retrying, dead-lettering.
+
+Each destination is flushed on its own (``flush_destination``), so a slow or failing one
+never holds up or duplicates into the others. Batches are joined from the stored bytes.
+A transient failure parks the batch for retry and puts the destination into a back-off
+that every process sees (Retry-After honoured, exponential with jitter otherwise); a
+rejected batch is split to isolate the offending messages, which alone are dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from .config import Settings
+from .destinations import Destination, make_destination
+from .queue import Backoff, Queue, Record
+from .routing import Router
+
+log = logging.getLogger("segment_mw.delivery")
+
+MIN_BACKOFF = 0.5
+MAX_BACKOFF = 60.0
+
+
+@dataclass
+class FlushReport:
+    destination: str
+    delivered: int = 0
+    dead: int = 0
+    retry_at: float | None = None  # the destination is backing off until then
+    more: bool = False  # stopped at the time limit with messages left
+    claim_in: float | None = None  # another consumer holds messages; look again then
+
+    @property
+    def next_run(self) -> float | None:
+        """Seconds from now when this destination should be flushed again, if at all."""
+        now = time.time()
+        candidates = []
+        if self.more:
+            candidates.append(0.0)
+        if self.retry_at is not None:
+            candidates.append(max(self.retry_at - now, 0.0))
+        if self.claim_in is not None:
+            candidates.append(self.claim_in)
+        return min(candidates) if candidates else None
+
+
+def backoff_delay(attempts: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        return max(retry_after, MIN_BACKOFF)
+    base = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** max(attempts - 1, 0))
+    return max(MIN_BACKOFF, random.uniform(base / 2, base))
+
+
+def batches(
+    records: Sequence[Record], max_events: int, max_bytes: int, overhead: int
+) -> Iterator[list[Record]]:
+    """Split into requests of at most ``max_events`` messages and ``max_bytes`` bytes."""
+    batch: list[Record] = []
+    size = overhead
+    for record in records:
+        extra = len(record.body) + 1
+        if batch and (len(batch) >= max_events or size + extra > max_bytes):
+            yield batch
+            batch, size = [], overhead
+        batch.append(record)
+        size += extra
+    if batch:
+        yield batch
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Deliverer:
+    """Flushes destinations from a queue; one per process, used by tasks and threads."""
+
+    def __init__(self, settings: Settings, queue: Queue) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.destinations: dict[str, Destination] = {
+            d.name: make_destination(d) for d in settings.destinations
+        }
+        self.router = Router({d.name: d.type for d in settings.destinations})
+
+    def close(self) -> None:
+        for dest in self.destinations.values():
+            dest.close()
+
+    def flush_all(self, deadline: float | None = None) -> list[FlushReport]:
+        return [self.flush_destination(name, deadline=deadline) for name in self.destinations]
+
+    def flush_destination(self, name: str, *, deadline: float | None = None) -> FlushReport:
+        settings, queue = self.settings, self.queue
+        report = FlushReport(destination=name)
+        if deadline is None:
+            deadline = time.monotonic() + settings.flush_time_limit
+        queue.ensure_destinations(list(self.destinations))
+        backoff = queue.get_backoff(name)
+        if backoff.active:
+            report.retry_at = backoff.until
+            return report
+        consumer = consumer_name()
+        count = settings.batch_max_events
+        dest = self.destinations[name]
+        lease = f"retry:{name}"
+        lease_ttl = float(dest.options.get("timeout", 10.0)) * 4 + 5
+        if queue.acquire(lease, lease_ttl):
+            try:
+                while time.monotonic() < deadline:
+                    records = queue.read_retry(name, count)
+                    if not records or not self._deliver(dest, records, backoff, report):
+                        break
+            finally:
+                queue.release(lease)
+        if report.retry_at is None:
+            readers: tuple[Callable[[], list[Record]], ...] = (
+                lambda: queue.claim_idle(name, consumer, settings.claim_idle, count),
+                lambda: queue.read_new(name, consumer, count),
+            )
+            for read in readers:
+                while report.retry_at is None:
+                    if time.monotonic() >= deadline:
+                        report.more = True
+                        break
+                    records = read()
+                    if not records:
+                        break
+                    if not self._deliver(dest, records, backoff, report):
+                        break
+        if report.retry_at is None and backoff.attempts:
+            queue.clear_backoff(name)
+        idle = queue.oldest_pending_idle(name)
+        if idle is not None and report.retry_at is None:
+            report.claim_in = max(settings.claim_idle - idle, 0.0) + 0.1
+        try:
+            queue.trim()
+        except Exception:  # trimming is housekeeping; the next flush does it again
+            log.debug("trim failed", exc_info=True)
+        return report
+
+    def _deliver(
+        self, dest: Destination, records: Sequence[Record], backoff: Backoff, report: FlushReport
+    ) -> bool:
+        """Deliver what is routed to ``dest``; False when the destination began backing off."""
+        name, queue = dest.name, self.queue
+        mine: list[Record] = []
+        skipped: list[str] = []
+        for record in records:
+            if record.only is not None:  # a replayed copy is for one destination alone
+                routed = record.only == name
+            else:
+                targets = self.router.targets(record.integrations)
+                routed = targets is None or name in targets
+            if routed:
+                mine.append(record)
+            else:
+                skipped.append(record.id)
+        if skipped:
+            queue.ack(name, skipped)
+        todo = list(
+            batches(
+                mine, self.settings.batch_max_events, self.settings.batch_max_bytes, dest.overhead
+            )
+        )
+        while todo:
+            batch = todo.pop(0)
+            outcome = dest.send([r.body for r in batch], attempt=backoff.attempts)
+            if outcome.ok:
+                queue.ack(name, [r.id for r in batch], delivered=len(batch))
+                report.delivered += len(batch)
+                continue
+            error = outcome.error or "unknown error"
+            if not outcome.retry:
+                if outcome.split and len(batch) > 1:
+                    half = len(batch) // 2
+                    todo[:0] = [batch[:half], batch[half:]]
+                    continue
+                log.warning(
+                    "destination %s rejected %d message(s), dead-lettered: %s",
+                    name,
+                    len(batch),
+                    error,
+                )
+                queue.dead_letter(name, batch, error)
+                report.dead += len(batch)
+                continue
+            # Transient: park this batch and everything after it, back off for everyone.
+            left = batch + [r for rest in todo for r in rest]
+            cutoff = time.time() - self.settings.retry_budget
+            expired = [r for r in left if r.enqueued_at < cutoff]
+            if expired:
+                queue.dead_letter(name, expired, f"{error} (retry budget exhausted)")
+                report.dead += len(expired)
+                log.error(
+                    "destination %s: %d message(s) out of retry budget, dead-lettered: %s",
+                    name,
+                    len(expired),
+                    error,
+                )
+            keep = [r.id for r in left if r.enqueued_at >= cutoff]
+            queue.hold_for_retry(name, keep)
+            attempts = backoff.attempts + 1
+            delay = backoff_delay(attempts, outcome.retry_after)
+            backoff.attempts, backoff.until = attempts, time.time() + delay
+            queue.set_backoff(name, backoff, error)
+            report.retry_at = backoff.until
+            log.warning(
+                "destination %s failed (%s); %d message(s) retried in %.1fs (attempt %d)",
+                name,
+                error,
+                len(keep),
+                delay,
+                attempts,
+            )
+            return False
+        return True

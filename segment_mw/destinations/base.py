@@ -1,0 +1,51 @@
+"""What a destination is: it takes a batch of serialised messages and says how it went."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one delivery attempt."""
+
+    ok: bool
+    retry: bool = False  # a transient failure: try again later
+    retry_after: float | None = None  # seconds the destination asked us to wait
+    split: bool = False  # the batch was rejected as a whole: isolate the bad message(s)
+    error: str | None = None
+
+    @classmethod
+    def success(cls) -> Outcome:
+        return cls(ok=True)
+
+    @classmethod
+    def transient(cls, error: str, retry_after: float | None = None) -> Outcome:
+        return cls(ok=False, retry=True, retry_after=retry_after, error=error)
+
+    @classmethod
+    def rejected(cls, error: str, *, split: bool = False) -> Outcome:
+        return cls(ok=False, split=split, error=error)
+
+
+class Destination(abc.ABC):
+    type: str = ""
+    #: bytes a request adds around the joined messages (for the batch size limit)
+    overhead: int = 0
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        self.name = name
+        self.options = options
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    @abc.abstractmethod
+    def send(self, bodies: Sequence[bytes], *, attempt: int = 0) -> Outcome:
+        """Deliver the messages; never raise for delivery trouble, report it."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and files."""

@@ -1,0 +1,162 @@
+"""Batch delivery over HTTP: Segment's Tracking API and JSON webhooks.
+
+Bodies are joined from the stored bytes — nothing is parsed — and ``sentAt`` is stamped
+as each request leaves. Connections are pooled and kept alive per process; responses are
+classified by Segment's retry rules (SPEC §5).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import email.utils
+import gzip
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+import urllib3
+
+from ..version import __version__
+from .base import Destination, Outcome
+
+USER_AGENT = f"segment_mw/{__version__}"
+RETRY_STATUSES = frozenset({408, 410, 429, 460})
+NO_RETRY_5XX = frozenset({501, 505})
+MAX_RETRY_AFTER = 300.0
+
+
+def is_retryable(status: int) -> bool:
+    return status in RETRY_STATUSES or (500 <= status < 600 and status not in NO_RETRY_5XX)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (seconds or an HTTP date), capped at 300."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        seconds = when.timestamp() - time.time()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def sent_at() -> bytes:
+    now = dt.datetime.now(dt.timezone.utc)
+    return now.isoformat(timespec="milliseconds").encode()
+
+
+class HttpBatchDestination(Destination):
+    """POSTs ``{"batch": [...], "sentAt": ...}`` to a URL."""
+
+    type = "http"
+    overhead = 64
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        super().__init__(name, options)
+        self.url = str(options["url"])
+        self.timeout = float(options.get("timeout", 10.0))
+        self.gzip = bool(options.get("gzip", False))
+        self.headers: dict[str, str] = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        self.headers.update({str(k): str(v) for k, v in (options.get("headers") or {}).items()})
+        self._secrets = [v for k, v in self.headers.items() if k.lower() == "authorization"]
+        self._pool: urllib3.PoolManager | None = None
+        self._pid = 0
+
+    @property
+    def pool(self) -> urllib3.PoolManager:
+        if self._pool is None or self._pid != os.getpid():
+            self._pool = urllib3.PoolManager(
+                num_pools=4,
+                maxsize=4,
+                retries=False,
+                timeout=urllib3.Timeout(connect=min(self.timeout, 5.0), read=self.timeout),
+            )
+            self._pid = os.getpid()
+        return self._pool
+
+    def extra_fields(self) -> bytes:
+        return b""
+
+    def body(self, bodies: Sequence[bytes]) -> bytes:
+        return b"".join(
+            (
+                b'{"batch":[',
+                b",".join(bodies),
+                b'],"sentAt":"',
+                sent_at(),
+                b'"',
+                self.extra_fields(),
+                b"}",
+            )
+        )
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    def send(self, bodies: Sequence[bytes], *, attempt: int = 0) -> Outcome:
+        payload = self.body(bodies)
+        headers = dict(self.headers)
+        if self.gzip:
+            payload = gzip.compress(payload, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        if attempt:
+            headers["X-Retry-Count"] = str(attempt)
+        try:
+            response = self.pool.request(
+                "POST", self.url, body=payload, headers=headers, preload_content=True
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            reason = type(exc).__name__
+            if isinstance(exc, urllib3.exceptions.TimeoutError):
+                reason = f"timeout after {self.timeout:g}s"
+            return Outcome.transient(f"{reason} posting to {self.name}")
+        status = response.status
+        if 200 <= status < 300:
+            return Outcome.success()
+        detail = self._scrub(response.data[:300].decode("utf-8", "replace").strip())
+        error = f"HTTP {status}" + (f": {detail}" if detail else "")
+        if is_retryable(status):
+            return Outcome.transient(error, parse_retry_after(response.headers.get("Retry-After")))
+        return Outcome.rejected(error, split=status in (400, 413))
+
+    def close(self) -> None:
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.clear()
+        self._pool = None
+
+
+class SegmentDestination(HttpBatchDestination):
+    """Segment's HTTP Tracking API, or any host that speaks it (``POST /v1/batch``)."""
+
+    type = "segment"
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        host = str(options.get("host") or "https://api.segment.io").rstrip("/")
+        super().__init__(name, {**options, "url": f"{host}/v1/batch", "headers": {}})
+        write_key = str(options["write_key"])
+        token = base64.b64encode(f"{write_key}:".encode()).decode()
+        self.headers["Authorization"] = f"Basic {token}"
+        self._secrets = [write_key, token]
+        self._write_key_field = b',"writeKey":' + orjson.dumps(write_key)
+        self.overhead = 64 + len(self._write_key_field)
+
+    def extra_fields(self) -> bytes:
+        return self._write_key_field

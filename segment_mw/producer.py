@@ -1,0 +1,204 @@
+"""Handing messages to the queue without making the request wait on the network.
+
+``submit`` appends to an in-memory buffer (a deque append) and a writer thread pushes
+the buffer to the queue in pipelined batches, then kicks a flush (debounced across all
+processes by a lease in the queue). The buffer doubles as the bounded spill: while the
+queue is unreachable messages stay in it and are pushed when it returns; past
+``SPILL_MAX_EVENTS`` new ones are dropped, counted and logged once per interval.
+``submit(durable=True)`` writes synchronously (for business events such as charges) and
+falls back to the spill on failure. The thread is started lazily per process, so a fork
+(gunicorn, uWSGI, Celery prefork) gets a fresh one, and the buffer is drained at exit
+within a bounded time.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from . import metrics
+from .config import Settings
+from .events import Entry
+from .queue import Queue
+
+log = logging.getLogger("segment_mw.producer")
+
+KICK_LEASE = "kick"
+KICK_TTL = 60.0  # a kick lost with its task is retried after this long
+PUSH_CHUNK = 1000
+EXIT_TIMEOUT = 2.0
+
+
+class Producer:
+    def __init__(
+        self, queue: Queue, settings: Settings, on_kick: Callable[[], None] | None = None
+    ) -> None:
+        self.queue = queue
+        self.settings = settings
+        self.on_kick = on_kick
+        self._pid = -1
+        self._reset()
+
+    def _reset(self) -> None:
+        # After a fork the parent's buffer belongs to the parent: start empty.
+        self._pid = os.getpid()
+        self._buf: collections.deque[Entry] = collections.deque()
+        self._wake = threading.Event()
+        self._idle = False
+        self._kick_wanted = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    # -- request path ------------------------------------------------------------------
+    def submit(self, entry: Entry, *, durable: bool = False) -> None:
+        if self._pid != os.getpid():
+            self._reset()
+        if durable:
+            try:
+                self.queue.push([entry])
+            except Exception as exc:
+                metrics.count("spilled")
+                metrics.warn_once_per_interval(
+                    "spilled",
+                    "queue unreachable (%s); holding messages in memory",
+                    type(exc).__name__,
+                )
+            else:
+                self._kick_wanted = True
+                self._ensure_thread()
+                self._wake.set()
+                return
+        if len(self._buf) >= self.settings.spill_max_events:
+            metrics.count("dropped")
+            metrics.warn_once_per_interval(
+                "dropped",
+                "in-memory spill full (%d messages); message dropped",
+                self.settings.spill_max_events,
+            )
+            return
+        self._buf.append(entry)
+        if self._thread is None:
+            self._ensure_thread()
+        if self._idle:
+            self._wake.set()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) if self._pid == os.getpid() else 0
+
+    # -- writer thread -----------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        if self._thread is not None:
+            return
+        with self._start_lock:
+            if self._thread is None:
+                self._stopping = False
+                thread = threading.Thread(target=self._run, name="segment_mw-producer", daemon=True)
+                self._thread = thread
+                thread.start()
+                atexit.register(self.close)
+
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            self._idle = True
+            if not self._buf and not self._kick_wanted:
+                if self._stopping:
+                    return
+                self._wake.wait(1.0)
+                self._wake.clear()
+            self._idle = False
+            if self._buf and not self._push_some():
+                failures += 1
+                # Keep the messages, wait, try again: the queue may come back.
+                self._wake.wait(min(0.05 * 2**failures, 2.0))
+                self._wake.clear()
+                if self._stopping:
+                    return
+                continue
+            failures = 0
+            if self._kick_wanted and not self._buf:
+                self._kick_wanted = False
+                self._kick()
+
+    def _push_some(self) -> bool:
+        chunk: list[Entry] = []
+        while self._buf and len(chunk) < PUSH_CHUNK:
+            chunk.append(self._buf.popleft())
+        try:
+            self.queue.push(chunk)
+        except Exception as exc:
+            self._buf.extendleft(reversed(chunk))
+            metrics.count("push_failed")
+            metrics.warn_once_per_interval(
+                "push_failed",
+                "queue unreachable (%s: %s); %d message(s) held in memory until it returns",
+                type(exc).__name__,
+                str(exc)[:200],
+                len(self._buf),
+            )
+            return False
+        self._kick_wanted = True
+        self._report_counts()
+        return True
+
+    def _report_counts(self) -> None:
+        pending = metrics.take_unreported()
+        if not pending:
+            return
+        add = getattr(self.queue, "add_counts", None)
+        try:
+            if add is not None:
+                add(pending)
+        except Exception:
+            metrics.restore_unreported(pending)
+
+    def _kick(self) -> None:
+        if self.on_kick is None:
+            return
+        try:
+            if not self.queue.acquire(KICK_LEASE, KICK_TTL):
+                return  # a flush is already on its way and will see these messages
+        except Exception:
+            self._kick_wanted = True
+            return
+        try:
+            self.on_kick()
+        except Exception as exc:
+            # The flush could not be requested (broker down?): let the next push try.
+            try:
+                self.queue.release(KICK_LEASE)
+            except Exception:
+                log.debug("could not release the kick lease", exc_info=True)
+            metrics.count("kick_failed")
+            metrics.warn_once_per_interval(
+                "kick_failed", "could not request a flush (%s)", type(exc).__name__
+            )
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def drain(self, timeout: float = EXIT_TIMEOUT) -> bool:
+        """Push everything buffered now (from the calling thread); True when empty."""
+        deadline = time.monotonic() + timeout
+        while self._buf and self._pid == os.getpid() and time.monotonic() < deadline:
+            if not self._push_some():
+                time.sleep(0.05)
+        return not self.buffered
+
+    def close(self, timeout: float = EXIT_TIMEOUT) -> None:
+        if self._pid != os.getpid():
+            return
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        if self._buf and not self.drain(timeout):
+            metrics.count("dropped", len(self._buf))
+            log.error("exiting with %d message(s) the queue could not take", len(self._buf))
+        self._thread = None

@@ -1,0 +1,335 @@
+"""SQLite backend: the embedded default that needs no server, and ``memory://`` for tests.
+
+The same model as the Redis backend — one log, a cursor and a pending list per
+destination, dead letters, shared back-off and leases — in tables of one SQLite file in WAL
+mode, so several processes on one machine (a dev server, a worker, the command line)
+share it safely. ``memory://`` is the same schema in one process's memory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..events import Entry
+from .base import RETRY_CONSUMER, Backoff, DestinationStatus, Queue, QueueStatus, Record
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS {p}log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, body BLOB NOT NULL,
+    integrations BLOB, only TEXT);
+CREATE TABLE IF NOT EXISTS {p}cursor (destination TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS {p}pending (
+    destination TEXT NOT NULL, id INTEGER NOT NULL, consumer TEXT NOT NULL,
+    delivered_at REAL NOT NULL, PRIMARY KEY (destination, id));
+CREATE TABLE IF NOT EXISTS {p}dead (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, destination TEXT NOT NULL, body BLOB NOT NULL,
+    integrations BLOB, error TEXT, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS {p}state (
+    destination TEXT PRIMARY KEY, until REAL NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0, delivered INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT, last_error_at REAL);
+CREATE TABLE IF NOT EXISTS {p}lease (name TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS {p}counts (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class SQLiteQueue(Queue):
+    url_schemes = ("sqlite", "memory")
+
+    def __init__(self, url: str, *, prefix: str = "segment_mw") -> None:
+        parts = urlsplit(url)
+        self.memory = parts.scheme == "memory" or parts.path in ("", "/:memory:")
+        self.path = ":memory:" if self.memory else (parts.netloc + parts.path)
+        if not self.memory and url.startswith("sqlite:////"):
+            self.path = "/" + url[len("sqlite:////") :]
+        elif not self.memory:
+            self.path = url[len("sqlite:///") :]
+        self.t = re.sub(r"\W", "_", prefix) + "_"
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+
+    def __repr__(self) -> str:
+        return f"SQLiteQueue(path={self.path!r})"
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            # A connection must not cross a fork; the child opens its own.
+            if not self.memory:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            if not self.memory:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA.format(p=self.t))
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _q(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self.conn.execute(sql.format(p=self.t), args).fetchall()
+
+    # -- producers ---------------------------------------------------------------------
+    def push(self, entries: Sequence[Entry], *, only: str | None = None) -> None:
+        if not entries:
+            return
+        now = time.time()
+        with self._tx() as conn:
+            conn.executemany(
+                f"INSERT INTO {self.t}log (at, body, integrations, only) VALUES (?, ?, ?, ?)",
+                [(now, e.body, e.integrations, only) for e in entries],
+            )
+
+    # -- consumers ---------------------------------------------------------------------
+    def ensure_destinations(self, names: Sequence[str]) -> None:
+        with self._tx() as conn:
+            conn.executemany(
+                f"INSERT OR IGNORE INTO {self.t}cursor (destination, last_id) VALUES (?, 0)",
+                [(n,) for n in names],
+            )
+
+    @staticmethod
+    def _record(row: Sequence[Any]) -> Record:
+        return Record(
+            id=str(row[0]),
+            body=bytes(row[1]),
+            integrations=row[2],
+            only=row[3],
+            enqueued_at=row[4],
+        )
+
+    def read_new(self, destination: str, consumer: str, count: int) -> list[Record]:
+        self.ensure_destinations([destination])
+        t = self.t
+        with self._tx() as conn:
+            (last,) = conn.execute(
+                f"SELECT last_id FROM {t}cursor WHERE destination = ?", (destination,)
+            ).fetchone()
+            rows = conn.execute(
+                f"SELECT id, body, integrations, only, at FROM {t}log WHERE id > ? "
+                "ORDER BY id LIMIT ?",
+                (last, count),
+            ).fetchall()
+            if rows:
+                now = time.time()
+                conn.execute(
+                    f"UPDATE {t}cursor SET last_id = ? WHERE destination = ?",
+                    (rows[-1][0], destination),
+                )
+                conn.executemany(
+                    f"INSERT OR REPLACE INTO {t}pending VALUES (?, ?, ?, ?)",
+                    [(destination, r[0], consumer, now) for r in rows],
+                )
+        return [self._record(r) for r in rows]
+
+    def _take_pending(
+        self, destination: str, consumer: str, where: str, args: Sequence[Any], count: int
+    ) -> list[Record]:
+        t = self.t
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT l.id, l.body, l.integrations, l.only, l.at FROM {t}pending p "
+                f"JOIN {t}log l ON l.id = p.id WHERE p.destination = ? AND {where} "
+                "ORDER BY p.id LIMIT ?",
+                (destination, *args, count),
+            ).fetchall()
+            if rows:
+                conn.executemany(
+                    f"UPDATE {t}pending SET consumer = ?, delivered_at = ? "
+                    "WHERE destination = ? AND id = ?",
+                    [(consumer, time.time(), destination, r[0]) for r in rows],
+                )
+        return [self._record(r) for r in rows]
+
+    def claim_idle(
+        self, destination: str, consumer: str, min_idle: float, count: int
+    ) -> list[Record]:
+        return self._take_pending(
+            destination, consumer, "p.delivered_at <= ?", (time.time() - min_idle,), count
+        )
+
+    def read_retry(self, destination: str, count: int) -> list[Record]:
+        return self._take_pending(
+            destination, RETRY_CONSUMER, "p.consumer = ?", (RETRY_CONSUMER,), count
+        )
+
+    def oldest_pending_idle(self, destination: str) -> float | None:
+        (oldest,) = self._q(
+            "SELECT MIN(delivered_at) FROM {p}pending WHERE destination = ? AND consumer != ?",
+            (destination, RETRY_CONSUMER),
+        )[0]
+        return None if oldest is None else max(time.time() - oldest, 0.0)
+
+    def hold_for_retry(self, destination: str, ids: Sequence[str]) -> None:
+        with self._tx() as conn:
+            conn.executemany(
+                f"UPDATE {self.t}pending SET consumer = ? WHERE destination = ? AND id = ?",
+                [(RETRY_CONSUMER, destination, int(i)) for i in ids],
+            )
+
+    def _bump(self, conn: sqlite3.Connection, destination: str, **values: Any) -> None:
+        conn.execute(
+            f"INSERT OR IGNORE INTO {self.t}state (destination) VALUES (?)", (destination,)
+        )
+        sets = ", ".join(f"{k} = {k} + ?" if k == "delivered" else f"{k} = ?" for k in values)
+        conn.execute(
+            f"UPDATE {self.t}state SET {sets} WHERE destination = ?",
+            (*values.values(), destination),
+        )
+
+    def ack(self, destination: str, ids: Sequence[str], *, delivered: int = 0) -> None:
+        if not ids:
+            return
+        with self._tx() as conn:
+            conn.executemany(
+                f"DELETE FROM {self.t}pending WHERE destination = ? AND id = ?",
+                [(destination, int(i)) for i in ids],
+            )
+            if delivered:
+                self._bump(conn, destination, delivered=delivered)
+
+    def dead_letter(self, destination: str, records: Sequence[Record], error: str) -> None:
+        if not records:
+            return
+        now = time.time()
+        with self._tx() as conn:
+            conn.executemany(
+                f"INSERT INTO {self.t}dead (destination, body, integrations, error, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(destination, r.body, r.integrations, error, now) for r in records],
+            )
+            conn.executemany(
+                f"DELETE FROM {self.t}pending WHERE destination = ? AND id = ?",
+                [(destination, int(r.id)) for r in records],
+            )
+            self._bump(conn, destination, last_error=error, last_error_at=now)
+
+    def replay(self, destination: str) -> int:
+        t = self.t
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT seq, body, integrations FROM {t}dead WHERE destination = ? ORDER BY seq",
+                (destination,),
+            ).fetchall()
+            now = time.time()
+            conn.executemany(
+                f"INSERT INTO {t}log (at, body, integrations, only) VALUES (?, ?, ?, ?)",
+                [(now, r[1], r[2], destination) for r in rows],
+            )
+            conn.execute(f"DELETE FROM {t}dead WHERE destination = ?", (destination,))
+        return len(rows)
+
+    def trim(self) -> None:
+        t = self.t
+        with self._tx() as conn:
+            floors = conn.execute(
+                f"SELECT MIN(COALESCE((SELECT MIN(id) FROM {t}pending p "
+                f"WHERE p.destination = c.destination), c.last_id + 1)) FROM {t}cursor c"
+            ).fetchone()
+            if floors and floors[0] is not None:
+                conn.execute(f"DELETE FROM {t}log WHERE id < ?", (floors[0],))
+
+    # -- shared state ------------------------------------------------------------------
+    def get_backoff(self, destination: str) -> Backoff:
+        rows = self._q("SELECT until, attempts FROM {p}state WHERE destination = ?", (destination,))
+        return Backoff(until=rows[0][0], attempts=rows[0][1]) if rows else Backoff()
+
+    def set_backoff(self, destination: str, backoff: Backoff, error: str | None) -> None:
+        values: dict[str, Any] = {"until": backoff.until, "attempts": backoff.attempts}
+        if error:
+            values.update(last_error=error, last_error_at=time.time())
+        with self._tx() as conn:
+            self._bump(conn, destination, **values)
+
+    def clear_backoff(self, destination: str) -> None:
+        with self._tx() as conn:
+            self._bump(conn, destination, until=0.0, attempts=0)
+
+    def acquire(self, name: str, ttl: float) -> bool:
+        now = time.time()
+        with self._tx() as conn:
+            conn.execute(f"DELETE FROM {self.t}lease WHERE name = ? AND expires <= ?", (name, now))
+            cur = conn.execute(
+                f"INSERT OR IGNORE INTO {self.t}lease VALUES (?, ?)", (name, now + ttl)
+            )
+            return cur.rowcount == 1
+
+    def release(self, name: str) -> None:
+        self._q("DELETE FROM {p}lease WHERE name = ?", (name,))
+
+    def add_counts(self, counts: dict[str, int]) -> None:
+        with self._tx() as conn:
+            conn.executemany(
+                f"INSERT INTO {self.t}counts VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                list(counts.items()),
+            )
+
+    def get_counts(self) -> dict[str, int]:
+        return dict(self._q("SELECT name, value FROM {p}counts"))
+
+    def status(self, destinations: Sequence[str]) -> QueueStatus:
+        result = QueueStatus(depth=0, oldest_age=None)
+        now = time.time()
+        for name in destinations:
+            dest = DestinationStatus(name=name)
+            cursor = self._q("SELECT last_id FROM {p}cursor WHERE destination = ?", (name,))
+            last = cursor[0][0] if cursor else 0
+            (lag, lag_oldest) = self._q(
+                "SELECT COUNT(*), MIN(at) FROM {p}log WHERE id > ? AND (only IS NULL OR only = ?)",
+                (last, name),
+            )[0]
+            (pending, retrying, p_oldest) = self._q(
+                "SELECT COUNT(*), SUM(p.consumer = ?), MIN(l.at) FROM {p}pending p "
+                "JOIN {p}log l ON l.id = p.id WHERE p.destination = ?",
+                (RETRY_CONSUMER, name),
+            )[0]
+            dest.queued = lag + pending
+            dest.retrying = retrying or 0
+            oldest = min([x for x in (lag_oldest, p_oldest) if x is not None], default=None)
+            if oldest is not None:
+                result.oldest_age = max(result.oldest_age or 0.0, now - oldest)
+            (dead,) = self._q("SELECT COUNT(*) FROM {p}dead WHERE destination = ?", (name,))[0]
+            dest.dead = dead
+            state = self._q(
+                "SELECT until, delivered, last_error, last_error_at FROM {p}state "
+                "WHERE destination = ?",
+                (name,),
+            )
+            if state:
+                until, dest.delivered, dest.last_error, dest.last_error_at = state[0]
+                dest.backoff_until = until if until > now else None
+            result.depth = max(result.depth, dest.queued)
+            result.destinations[name] = dest
+        result.counters = self.get_counts()
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
