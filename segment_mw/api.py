@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from . import events
+from . import events, metrics
 from . import scope as scope_mod
 from .client import get_client
 
@@ -42,8 +42,11 @@ def emit(
         message_id=message_id,
         default_integrations=client.settings.integrations,
     )
-    client.emit(entry, durable=durable)
     current = scope_mod.current()
+    if current is not None and current.opted_out:
+        metrics.count("opted_out")
+        return entry.message_id  # the user opted out of tracking: build, but never queue
+    client.emit(entry, durable=durable)
     if current is not None:
         current.emitted += 1
     return entry.message_id

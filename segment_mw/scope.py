@@ -18,12 +18,21 @@ class Scope:
     user_id: str | None = None
     anonymous_id: str | None = None
     context: Mapping[str, Any] = field(default_factory=dict)
-    # Messages queued while the scope was bound (for tests and the pageview middleware).
+    # The user opted out (GPC, consent): nothing is queued while this scope is bound.
+    opted_out: bool = False
+    # Per-request pageview options set by the view (name, category, properties, skip...).
+    pageview: dict[str, Any] = field(default_factory=dict)
+    # Messages queued while the scope was bound.
     emitted: int = 0
 
     def to_headers(self) -> dict[str, Any]:
         """A JSON-safe copy for carrying the scope in a Celery task's headers."""
-        return {"u": self.user_id, "a": self.anonymous_id, "c": dict(self.context)}
+        return {
+            "u": self.user_id,
+            "a": self.anonymous_id,
+            "c": dict(self.context),
+            "o": self.opted_out,
+        }
 
     @classmethod
     def from_headers(cls, data: Any) -> Scope | None:
@@ -34,6 +43,7 @@ class Scope:
             user_id=data.get("u") if isinstance(data.get("u"), str) else None,
             anonymous_id=data.get("a") if isinstance(data.get("a"), str) else None,
             context=dict(context) if isinstance(context, Mapping) else {},
+            opted_out=data.get("o") is True,
         )
 
 

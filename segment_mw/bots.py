@@ -1,0 +1,19 @@
+"""Crawler detection by user agent, using the maintained ``crawler-user-agents`` list.
+
+Matching a user agent against the list costs about a millisecond, so verdicts are cached
+per user-agent string: repeated agents (nearly all traffic) cost a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import crawleruseragents
+
+
+@lru_cache(maxsize=16384)
+def is_bot(user_agent: str | None) -> bool:
+    """True for crawlers, and for requests with no user agent at all (no browser sends none)."""
+    if not user_agent or not user_agent.strip():
+        return True
+    return bool(crawleruseragents.is_crawler(user_agent))

@@ -1,0 +1,366 @@
+"""Turning a request into Segment context: the framework-free core both middlewares share.
+
+An adapter describes its request as a neutral :class:`RequestInfo`; :func:`capture`
+returns the :class:`RequestContext` — ip (through trusted proxies only, optionally
+anonymised), user agent and client hints, page fields with secrets scrubbed from query
+strings, UTM campaign, locale, and the anonymous id joined with analytics.js's cookie.
+``Authorization`` and ``Cookie`` headers are never copied into an event.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from functools import lru_cache
+from typing import Any
+from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
+
+from .bots import is_bot
+from .config import Settings
+from .scope import Scope
+
+ANONYMOUS_ID_COOKIE = "ajs_anonymous_id"
+USER_ID_COOKIE = "ajs_user_id"
+COOKIE_MAX_AGE = 365 * 24 * 3600
+MAX_ID_LENGTH = 100
+_ID_OK = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: what an id can be
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """What an adapter knows about a request, in neutral form (header names lower-case)."""
+
+    method: str
+    scheme: str
+    host: str
+    path: str
+    query_string: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    cookies: Mapping[str, str] = field(default_factory=dict)
+    peer: str | None = None
+    route_name: str | None = None
+
+
+@dataclass
+class RequestContext:
+    """The Segment view of one request, bound for its duration as the current scope."""
+
+    scope: Scope
+    anonymous_id: str | None
+    new_anonymous_id: bool  # minted here: the response should set the cookie
+    is_bot: bool
+    opted_out: bool
+    page: dict[str, Any]
+
+
+# -- identity ------------------------------------------------------------------------
+def parse_id_cookie(raw: str | None) -> str | None:
+    """An id from an analytics.js cookie: raw (2.0) or URL-encoded JSON string (classic)."""
+    if not raw:
+        return None
+    value = unquote(raw).strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    if not value or len(value) > MAX_ID_LENGTH or not _ID_OK.fullmatch(value):
+        return None
+    if value in ("null", "undefined"):
+        return None
+    return value
+
+
+def new_anonymous_id() -> str:
+    return str(uuid.uuid4())
+
+
+def anonymous_id_cookie(value: str, settings: Settings) -> str:
+    """A ``Set-Cookie`` value in the analytics.js 2.0 format (the raw id)."""
+    parts = [
+        f"{ANONYMOUS_ID_COOKIE}={value}",
+        f"expires={formatdate(time.time() + COOKIE_MAX_AGE, usegmt=True)}",
+        f"Max-Age={COOKIE_MAX_AGE}",
+        "Path=/",
+        "SameSite=Lax",
+    ]
+    if settings.cookie_domain:
+        parts.append(f"Domain={settings.cookie_domain}")
+    if settings.cookie_secure:
+        parts.append("Secure")
+    return "; ".join(parts)
+
+
+# -- addresses -----------------------------------------------------------------------
+@lru_cache(maxsize=8192)
+def _clean_ip(value: str) -> str | None:
+    value = value.strip().strip('"')
+    if value.startswith("["):  # [v6]:port
+        value = value[1:].split("]", 1)[0]
+    elif value.count(":") == 1:  # v4:port
+        value = value.split(":", 1)[0]
+    if value.lower().startswith("for="):
+        return _clean_ip(value[4:])
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
+def _forwarded_chain(headers: Mapping[str, str]) -> list[str | None]:
+    xff = headers.get("x-forwarded-for")
+    if xff:
+        return [_clean_ip(part) for part in xff.split(",")]
+    forwarded = headers.get("forwarded")
+    if forwarded:
+        chain: list[str | None] = []
+        for element in forwarded.split(","):
+            hops = [p.strip() for p in element.split(";") if p.strip().lower().startswith("for=")]
+            chain.append(_clean_ip(hops[0]) if hops else None)
+        return chain
+    return []
+
+
+def _trusted(address: str, networks: tuple[Any, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
+_networks_cache: dict[tuple[str, ...], tuple[Any, ...]] = {}
+
+
+def client_ip(
+    peer: str | None, headers: Mapping[str, str], trusted: tuple[str, ...] | int
+) -> str | None:
+    """The client's address: the peer, unless it is a trusted proxy that says who sent it."""
+    peer_ip = _clean_ip(peer) if peer else None
+    if not trusted or peer_ip is None:
+        return peer_ip
+    chain = _forwarded_chain(headers)
+    if not chain:
+        return peer_ip
+    hops = [*chain, peer_ip]
+    if isinstance(trusted, int):
+        # Each trusted proxy appends one address; the client is the one before them.
+        index = max(len(hops) - 1 - trusted, 0)
+        return hops[index] or peer_ip
+    networks = _networks_cache.get(trusted)
+    if networks is None:
+        networks = tuple(ipaddress.ip_network(c, strict=False) for c in trusted)
+        _networks_cache[trusted] = networks
+    for address in reversed(hops):
+        if address is None:
+            return peer_ip  # a garbled hop: believe nothing left of it
+        if not _trusted(address, networks):
+            return address
+    return hops[0] or peer_ip
+
+
+def anonymize_ip(address: str) -> str:
+    """Zero the host part: the last octet of IPv4, the last 80 bits of IPv6."""
+    ip = ipaddress.ip_address(address)
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+
+# -- headers -------------------------------------------------------------------------
+_LANG = re.compile(r"^[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*$")
+
+
+@lru_cache(maxsize=1024)
+def locale_from(accept_language: str | None) -> str | None:
+    """The preferred language tag of ``Accept-Language``, as ``en-US``."""
+    if not accept_language:
+        return None
+    best: tuple[float, str] | None = None
+    for item in accept_language.split(",")[:20]:
+        tag, _, params = item.strip().partition(";")
+        tag = tag.strip()
+        if not tag or tag == "*" or not _LANG.match(tag):
+            continue
+        q = 1.0
+        params = params.strip()
+        if params.startswith("q="):
+            try:
+                q = float(params[2:])
+            except ValueError:
+                continue
+        if best is None or q > best[0]:
+            best = (q, tag)
+    if best is None:
+        return None
+    parts = best[1].split("-")
+    return "-".join([parts[0].lower(), *(p.upper() if len(p) == 2 else p for p in parts[1:])])
+
+
+_BRAND = re.compile(r'\s*"((?:[^"\\]|\\.)*)"\s*;\s*v\s*=\s*"((?:[^"\\]|\\.)*)"\s*')
+
+
+def _brands(value: str) -> list[dict[str, str]]:
+    return [dict(b) for b in _parse_brands(value)]
+
+
+@lru_cache(maxsize=1024)
+def _parse_brands(value: str) -> tuple[dict[str, str], ...]:
+    brands = []
+    for item in value.split(",")[:20]:
+        match = _BRAND.fullmatch(item)
+        if match:
+            brands.append({"brand": match.group(1), "version": match.group(2)})
+    return tuple(brands)
+
+
+def _sf_string(value: str) -> str:
+    value = value.strip()
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+
+
+def user_agent_data(headers: Mapping[str, str]) -> dict[str, Any] | None:
+    """``context.userAgentData`` from the ``Sec-CH-UA*`` client hints, when sent."""
+    brands = headers.get("sec-ch-ua")
+    if brands is None:
+        return None
+    data: dict[str, Any] = {"brands": _brands(brands)}
+    mobile = headers.get("sec-ch-ua-mobile")
+    if mobile is not None:
+        data["mobile"] = mobile.strip() == "?1"
+    platform = headers.get("sec-ch-ua-platform")
+    if platform is not None:
+        data["platform"] = _sf_string(platform)
+    extra = {
+        "sec-ch-ua-platform-version": "platformVersion",
+        "sec-ch-ua-model": "model",
+        "sec-ch-ua-arch": "architecture",
+        "sec-ch-ua-bitness": "bitness",
+        "sec-ch-ua-full-version": "uaFullVersion",
+    }
+    for header, key in extra.items():
+        if header in headers:
+            data[key] = _sf_string(headers[header])
+    if "sec-ch-ua-full-version-list" in headers:
+        data["fullVersionList"] = _brands(headers["sec-ch-ua-full-version-list"])
+    if "sec-ch-ua-wow64" in headers:
+        data["wow64"] = headers["sec-ch-ua-wow64"].strip() == "?1"
+    return data
+
+
+# -- page and campaign -----------------------------------------------------------------
+@lru_cache(maxsize=64)
+def _denylist_pattern(denylist: frozenset[str]) -> re.Pattern[str]:
+    names = "|".join(re.escape(n) for n in sorted(denylist)) or "(?!)"
+    # A cheap screen: a denylisted name (maybe percent-encoded) right before '='.
+    return re.compile(rf"(?:^|[&;])(?:{names}|[^&;=]*%)=?", re.IGNORECASE)
+
+
+def scrub_query(query: str, denylist: frozenset[str]) -> str:
+    """The query string without parameters whose names are on the denylist.
+
+    The other parameters are kept exactly as sent (same order and encoding).
+    """
+    if not query or not _denylist_pattern(denylist).search(query):
+        return query
+    kept = []
+    for part in query.split("&"):
+        name = unquote(part.split("=", 1)[0].replace("+", " ")).strip().lower()
+        if name not in denylist:
+            kept.append(part)
+    return "&".join(kept)
+
+
+def scrub_url(url: str | None, denylist: frozenset[str]) -> str | None:
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if not parts.query and "@" not in parts.netloc:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]  # never pass on user:password@
+    return urlunsplit((parts.scheme, netloc, parts.path, scrub_query(parts.query, denylist), ""))
+
+
+def campaign_from(query: str) -> dict[str, str]:
+    """``context.campaign`` from ``utm_*`` parameters (``utm_campaign`` becomes ``name``)."""
+    if "utm_" not in query:
+        return {}
+    campaign: dict[str, str] = {}
+    for part in query.split("&"):
+        if part[:4].lower() != "utm_":
+            continue
+        key, _, value = part.partition("=")
+        name = unquote_plus(key[4:]).lower()
+        if name:
+            campaign["name" if name == "campaign" else name] = unquote_plus(value)
+    return campaign
+
+
+# -- the whole request -----------------------------------------------------------------
+def is_opted_out(info: RequestInfo, settings: Settings) -> bool:
+    if settings.respect_gpc and info.headers.get("sec-gpc", "").strip() == "1":
+        return True
+    if settings.consent is not None:
+        return not settings.consent(info)
+    return False
+
+
+def capture(info: RequestInfo, settings: Settings, *, user_id: str | None = None) -> RequestContext:
+    """Build the Segment context of a request (once per request)."""
+    headers = info.headers
+    denylist = settings.scrub_params
+    query = scrub_query(info.query_string, denylist)
+    search = f"?{query}" if query else ""
+    page: dict[str, Any] = {
+        "path": info.path,
+        "referrer": scrub_url(headers.get("referer"), denylist) or "",
+        "search": search,
+        "title": "",
+        "url": f"{info.scheme}://{info.host}{info.path}{search}",
+    }
+    context: dict[str, Any] = {"page": page}
+    ip = None
+    if settings.ip != "none":
+        ip = client_ip(info.peer, headers, settings.trusted_proxies)
+        if ip is not None and settings.ip == "anonymize":
+            ip = anonymize_ip(ip)
+    if ip is not None:
+        context["ip"] = ip
+    ua = headers.get("user-agent")
+    if ua:
+        context["userAgent"] = ua
+    ua_data = user_agent_data(headers)
+    if ua_data is not None:
+        context["userAgentData"] = ua_data
+    locale = locale_from(headers.get("accept-language"))
+    if locale:
+        context["locale"] = locale
+    campaign = campaign_from(info.query_string)
+    if campaign:
+        context["campaign"] = campaign
+
+    opted_out = is_opted_out(info, settings)
+    anonymous_id = parse_id_cookie(info.cookies.get(ANONYMOUS_ID_COOKIE))
+    minted = False
+    if anonymous_id is None and not opted_out:
+        anonymous_id, minted = new_anonymous_id(), True
+    if user_id is None:
+        user_id = parse_id_cookie(info.cookies.get(USER_ID_COOKIE))
+    scope = Scope(
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        context=context,
+        opted_out=opted_out,
+    )
+    return RequestContext(
+        scope=scope,
+        anonymous_id=anonymous_id,
+        new_anonymous_id=minted,
+        is_bot=is_bot(ua),
+        opted_out=opted_out,
+        page=page,
+    )
