@@ -172,7 +172,7 @@ class Settings:
         return tuple(d.name for d in self.destinations)
 
 
-def _import_string(path: str, key: str) -> Any:
+def import_string(path: str, key: str) -> Any:
     from importlib import import_module
 
     module_name, _, attr = path.replace(":", ".").rpartition(".")
@@ -186,7 +186,7 @@ def _callable_setting(value: Any, key: str) -> Callable[[Any], Any] | None:
     if value is None:
         return None
     if isinstance(value, str):
-        value = _import_string(value, key)
+        value = import_string(value, key)
     if not callable(value):
         raise ConfigurationError(f"{key}: expected a callable or a dotted path, got {value!r}")
     return value  # type: ignore[no-any-return]

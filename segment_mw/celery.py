@@ -1,0 +1,258 @@
+"""Celery integration: the flush and replay tasks, the debounced kick, and context in tasks.
+
+Celery runs the flushes; it does not carry the events (they stay in the queue's own
+stream). ``install(app)`` — called explicitly, nothing happens at import — makes every
+enqueue request a flush (at most one pending per short interval across all processes),
+starts in each worker a small watchdog that hands orphaned or forgotten work to a flush
+(so no beat schedule is needed), and carries the current request's identity and context
+into tasks sent from it (``before_task_publish`` → ``task_prerun`` / ``task_postrun``).
+
+Worker settings the library cannot set for you: ``worker_prefetch_multiplier = 1`` is
+recommended so a long flush does not hold other tasks back; flush tasks use late acks and
+are re-queued if their worker process is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+try:
+    from celery import Celery, Task, shared_task, signals
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("segment_mw.celery needs Celery: pip install 'segment-mw[celery]'") from exc
+
+from . import scope as scope_mod
+from .client import get_client
+from .producer import KICK_LEASE
+
+log = logging.getLogger("segment_mw.celery")
+
+FLUSH_TASK = "segment_mw.flush"
+REPLAY_TASK = "segment_mw.replay"
+SCOPE_HEADER = "segment_mw_scope"
+QUEUED_TTL = 60.0  # a queued flush lost with its message stops blocking new ones then
+
+_app: Celery | None = None
+
+
+def _queued_lease(destination: str) -> str:
+    return f"queued:{destination}"
+
+
+def _sched_lease(destination: str) -> str:
+    return f"scheduled:{destination}"
+
+
+def request_flush(destination: str, delay: float = 0.0, *, scheduled: bool = False) -> bool:
+    """Send a flush of one destination unless one is already waiting; True if sent."""
+    client = get_client()
+    lease = _sched_lease(destination) if scheduled else _queued_lease(destination)
+    ttl = delay + QUEUED_TTL
+    if not client.queue.acquire(lease, ttl):
+        return False
+    try:
+        _send(FLUSH_TASK, kwargs={"destination": destination, "scheduled": scheduled}, delay=delay)
+    except Exception:
+        client.queue.release(lease)
+        raise
+    return True
+
+
+def _send(name: str, *, kwargs: dict[str, Any], delay: float) -> None:
+    app = _app
+    if app is None:
+        from celery import current_app
+
+        app = current_app
+    # No publish retry loop: a kick that cannot be sent is retried by the next push.
+    app.send_task(name, kwargs=kwargs, countdown=delay or None, retry=False, ignore_result=True)
+
+
+@shared_task(
+    name=FLUSH_TASK,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def flush(destination: str | None = None, scheduled: bool = False) -> dict[str, int]:
+    """Deliver queued messages: all destinations (fanned out), or one."""
+    client = get_client()
+    queue = client.queue
+    if destination is None:
+        # Release the kick first: anything pushed from now on requests a new flush, and
+        # anything pushed before is read by the flushes sent below.
+        queue.release(KICK_LEASE)
+        names = client.settings.destination_names
+        queue.ensure_destinations(list(names))
+        for name in names:
+            try:
+                request_flush(name)
+            except Exception:
+                log.warning("could not request a flush of %s", name, exc_info=True)
+        return {}
+    queue.release(_sched_lease(destination) if scheduled else _queued_lease(destination))
+    report = client.deliverer.flush_destination(destination)
+    delay = report.next_run
+    if delay is not None:
+        try:
+            request_flush(destination, delay, scheduled=delay > client.settings.flush_delay)
+        except Exception:
+            log.warning("could not schedule the next flush of %s", destination, exc_info=True)
+    return {"delivered": report.delivered, "dead": report.dead}
+
+
+@shared_task(name=REPLAY_TASK, ignore_result=True)
+def replay(destination: str | None = None) -> dict[str, int]:
+    """Put dead letters back into delivery (one destination or all) and flush them."""
+    client = get_client()
+    moved = client.replay(destination)
+    for name, count in moved.items():
+        if count:
+            request_flush(name)
+    return moved
+
+
+# -- context into tasks ------------------------------------------------------------------
+def _before_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    current = scope_mod.current()
+    if current is not None and headers is not None and SCOPE_HEADER not in headers:
+        headers[SCOPE_HEADER] = current.to_headers()
+
+
+_tokens: dict[str, Any] = {}
+
+
+def _prerun(task_id: str | None = None, task: Task[Any, Any] | None = None, **_: Any) -> None:
+    if task is None or task_id is None:
+        return
+    data = getattr(task.request, SCOPE_HEADER, None)
+    if data is None:
+        headers = getattr(task.request, "headers", None) or {}
+        data = headers.get(SCOPE_HEADER)
+    # Always bind, even None: a task must never inherit the previous task's context.
+    _tokens[task_id] = scope_mod.bind(scope_mod.Scope.from_headers(data) if data else None)
+
+
+def _postrun(task_id: str | None = None, **_: Any) -> None:
+    token = _tokens.pop(task_id or "", None)
+    if token is not None:
+        try:
+            scope_mod.reset(token)
+        except ValueError:  # created in another context (eager or odd pools)
+            scope_mod.bind(None)
+
+
+# -- worker watchdog -----------------------------------------------------------------------
+class Watchdog:
+    """In a worker's main process: hands orphaned or forgotten messages to a flush.
+
+    A worker killed mid-batch leaves messages pending; once idle past ``CLAIM_IDLE`` any
+    flush can claim them, so this asks for one. It also covers a kick lost with a broker
+    hiccup. It runs in the main process, which prefork children never inherit threads from.
+    """
+
+    def __init__(self, interval: float | None = None) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="segment_mw-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            client = get_client()
+            interval = self.interval or max(client.settings.claim_idle / 3, 1.0)
+            try:
+                self.check()
+            except Exception:
+                log.debug("watchdog check failed", exc_info=True)
+            self._stop.wait(interval)
+
+    def check(self) -> None:
+        # request_flush is deduplicated by a lease, so asking while a flush is already
+        # waiting costs one SET; a running flush that finds nothing new is cheap too.
+        client = get_client()
+        for name, dest in client.status().destinations.items():
+            if dest.queued and dest.backoff_until is None:
+                request_flush(name)
+
+
+_watchdog: Watchdog | None = None
+
+
+def _worker_ready(**_: Any) -> None:
+    global _watchdog
+    try:
+        _send(FLUSH_TASK, kwargs={}, delay=0.0)  # a starting worker picks up what is waiting
+    except Exception:
+        log.warning("could not request the start-up flush", exc_info=True)
+    if _watchdog is None:
+        _watchdog = Watchdog()
+        _watchdog.start()
+
+
+def _worker_shutdown(**_: Any) -> None:
+    global _watchdog
+    if _watchdog is not None:
+        _watchdog.stop()
+        _watchdog = None
+    get_client().close()
+
+
+def _kick() -> None:
+    _send(FLUSH_TASK, kwargs={}, delay=get_client().settings.flush_delay)
+
+
+def install(app: Celery, *, propagate_context: bool = True, watchdog: bool = True) -> None:
+    """Wire segment_mw into a Celery app: kicks, worker start-up, context propagation."""
+    global _app
+    _app = app
+    client = get_client()
+    client.on_kick = _kick
+    if propagate_context:
+        signals.before_task_publish.connect(
+            _before_publish, weak=False, dispatch_uid="segment_mw.publish"
+        )
+        signals.task_prerun.connect(_prerun, weak=False, dispatch_uid="segment_mw.prerun")
+        signals.task_postrun.connect(_postrun, weak=False, dispatch_uid="segment_mw.postrun")
+    if watchdog:
+        signals.worker_ready.connect(_worker_ready, weak=False, dispatch_uid="segment_mw.ready")
+        signals.worker_shutdown.connect(
+            _worker_shutdown, weak=False, dispatch_uid="segment_mw.shutdown"
+        )
+
+
+def uninstall() -> None:
+    """Undo :func:`install` (tests)."""
+    global _app
+    _app = None
+    get_client().on_kick = None
+    for signal, uid in (
+        (signals.before_task_publish, "segment_mw.publish"),
+        (signals.task_prerun, "segment_mw.prerun"),
+        (signals.task_postrun, "segment_mw.postrun"),
+        (signals.worker_ready, "segment_mw.ready"),
+        (signals.worker_shutdown, "segment_mw.shutdown"),
+    ):
+        signal.disconnect(dispatch_uid=uid)
+
+
+def wait_until_delivered(timeout: float = 30.0) -> bool:
+    """Block until nothing deliverable is queued (scripts and tests that run a worker)."""
+    client = get_client()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        client.producer.drain(1.0)
+        status = client.status()
+        if all(d.queued == 0 or d.backoff_until for d in status.destinations.values()):
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,0 +1,131 @@
+"""The ``segment-mw`` command line (and the Django ``segment_mw`` management command).
+
+``status [--json]`` shows queue depth, the oldest undelivered message's age and, per
+destination, delivered / retrying / dead-lettered counts and the last error; ``flush``
+delivers now; ``replay [--destination NAME]`` puts dead letters back and delivers them.
+Configuration comes from the environment or from ``--config module:attribute``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from .client import Client, configure
+from .config import import_string
+from .errors import ConfigurationError
+from .queue import QueueStatus
+
+
+def build_parser(prog: str = "segment-mw") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--config",
+        metavar="MODULE:ATTRIBUTE",
+        help="a settings dict instead of the environment, e.g. myproject.settings:SEGMENT_MW",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    status = sub.add_parser("status", help="queue depth, oldest message, per-destination counts")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    flush = sub.add_parser("flush", help="deliver everything queued now")
+    flush.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    replay = sub.add_parser("replay", help="put dead letters back into delivery")
+    replay.add_argument("--destination", metavar="NAME", help="only this destination")
+    replay.add_argument("--timeout", type=float, default=60.0, help="seconds to deliver them")
+    return parser
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def format_status(status: QueueStatus, queue: str) -> str:
+    lines = [
+        f"queue: {queue}",
+        f"depth: {status.depth}",
+        f"oldest undelivered: {_age(status.oldest_age)}",
+    ]
+    if status.counters:
+        counters = ", ".join(f"{k}={v}" for k, v in sorted(status.counters.items()))
+        lines.append(f"counters: {counters}")
+    if not status.destinations:
+        lines.append("no destinations configured")
+    now = time.time()
+    for name, dest in status.destinations.items():
+        lines.append(
+            f"{name}: queued={dest.queued} delivered={dest.delivered} "
+            f"retrying={dest.retrying} dead={dest.dead}"
+        )
+        if dest.backoff_until:
+            lines.append(f"  backing off for {_age(dest.backoff_until - now)}")
+        if dest.last_error:
+            lines.append(
+                f"  last error ({_age(now - (dest.last_error_at or now))} ago): {dest.last_error}"
+            )
+    return "\n".join(lines)
+
+
+def _client_from(config: str | None) -> Client:
+    if not config:
+        return configure()
+    settings = import_string(config, "--config")
+    if not isinstance(settings, Mapping):
+        raise ConfigurationError(f"--config: {config!r} is not a settings dict")
+    return configure(settings)
+
+
+def main(
+    argv: list[str] | None = None,
+    *,
+    client: Client | None = None,
+    stdout: TextIO | None = None,
+    prog: str = "segment-mw",
+) -> int:
+    """Run a command; returns the exit status (0 ok, 1 something left undelivered, 2 error)."""
+    out = stdout or sys.stdout
+    args = build_parser(prog).parse_args(argv)
+    try:
+        client = client or _client_from(args.config)
+        if args.command == "status":
+            status = client.status()
+            if args.json:
+                out.write(json.dumps(status.as_dict(), sort_keys=True) + "\n")
+            else:
+                out.write(format_status(status, _describe(client)) + "\n")
+            return 0
+        if args.command == "flush":
+            done = client.flush(args.timeout)
+            out.write(format_status(client.status(), _describe(client)) + "\n")
+            return 0 if done else 1
+        if args.command == "replay":
+            moved = client.replay(args.destination)
+            for name, count in moved.items():
+                out.write(f"{name}: {count} dead letter(s) put back\n")
+            done = client.flush(args.timeout) if any(moved.values()) else True
+            return 0 if done else 1
+    except ConfigurationError as exc:
+        sys.stderr.write(f"{prog}: {exc}\n")
+        return 2
+    return 2
+
+
+def _describe(client: Client) -> str:
+    url: Any = client.settings.queue_url
+    scheme, _, rest = url.partition("://")
+    # Never print credentials that a Redis URL may carry.
+    host = rest.rsplit("@", 1)[-1]
+    return f"{scheme}://{host} (prefix {client.settings.queue_prefix})"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
