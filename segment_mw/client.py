@@ -25,6 +25,7 @@ from .queue import Queue, QueueStatus, open_queue
 log = logging.getLogger("segment_mw")
 
 WORKER_TIMEOUT = 10.0
+WRITER_TIMEOUT = 1.0
 
 
 class Client:
@@ -36,6 +37,7 @@ class Client:
         self._pid = -1
         self._queue: Queue | None = None
         self._push_queue: Queue | None = None
+        self._writer_queue: Queue | None = None
         self._producer: Producer | None = None
         self._deliverer: Deliverer | None = None
         self._flusher: InProcessFlusher | None = None
@@ -48,40 +50,49 @@ class Client:
         if self._pid != os.getpid():
             with self._lock:
                 if self._pid != os.getpid():
-                    self._queue = self._push_queue = None
+                    self._queue = self._push_queue = self._writer_queue = None
                     self._producer = self._deliverer = self._flusher = None
                     self._pid = os.getpid()
+
+    def _queue_with(self, attr: str, timeout: float) -> Queue:
+        """The queue held in ``attr``, opened on first use with this network timeout.
+
+        Backends without a network (SQLite, memory) share one object: a memory queue
+        only exists inside that object.
+        """
+        self._check_pid()
+        found: Queue | None = getattr(self, attr)
+        if found is None:
+            with self._lock:
+                found = getattr(self, attr)
+                if found is None:
+                    if attr != "_queue" and not self.settings.queue_url.startswith(
+                        ("redis", "unix")
+                    ):
+                        found = self.queue
+                    else:
+                        found = open_queue(
+                            self.settings.queue_url,
+                            prefix=self.settings.queue_prefix,
+                            timeout=timeout,
+                        )
+                    setattr(self, attr, found)
+        return found
 
     @property
     def queue(self) -> Queue:
         """The queue for consumers (generous timeouts)."""
-        self._check_pid()
-        if self._queue is None:
-            with self._lock:
-                if self._queue is None:
-                    self._queue = open_queue(
-                        self.settings.queue_url,
-                        prefix=self.settings.queue_prefix,
-                        timeout=WORKER_TIMEOUT,
-                    )
-        return self._queue
+        return self._queue_with("_queue", WORKER_TIMEOUT)
 
     @property
     def push_queue(self) -> Queue:
-        """The queue for producers: a few milliseconds at most, never a retry loop."""
-        self._check_pid()
-        if self._push_queue is None:
-            with self._lock:
-                if self._push_queue is None:
-                    if self.settings.queue_url.startswith(("redis", "unix")):
-                        self._push_queue = open_queue(
-                            self.settings.queue_url,
-                            prefix=self.settings.queue_prefix,
-                            timeout=self.settings.enqueue_timeout,
-                        )
-                    else:
-                        self._push_queue = self.queue
-        return self._push_queue
+        """The queue for writes from the request itself: ENQUEUE_TIMEOUT, no retry loop."""
+        return self._queue_with("_push_queue", self.settings.enqueue_timeout)
+
+    @property
+    def writer_queue(self) -> Queue:
+        """The queue for the producer's background thread: off the request path."""
+        return self._queue_with("_writer_queue", WRITER_TIMEOUT)
 
     @property
     def producer(self) -> Producer:
@@ -89,7 +100,12 @@ class Client:
         if self._producer is None:
             with self._lock:
                 if self._producer is None:
-                    self._producer = Producer(self.push_queue, self.settings, self._kick)
+                    self._producer = Producer(
+                        self.writer_queue,
+                        self.settings,
+                        self._kick,
+                        direct_queue=self.push_queue,
+                    )
         return self._producer
 
     @property
@@ -177,7 +193,8 @@ class Client:
             self._producer.close()
         if self._deliverer is not None:
             self._deliverer.close()
-        for queue in {id(q): q for q in (self._queue, self._push_queue) if q}.values():
+        queues = (self._queue, self._push_queue, self._writer_queue)
+        for queue in {id(q): q for q in queues if q}.values():
             queue.close()
         self._pid = -1
 

@@ -36,9 +36,18 @@ EXIT_TIMEOUT = 2.0
 
 class Producer:
     def __init__(
-        self, queue: Queue, settings: Settings, on_kick: Callable[[], None] | None = None
+        self,
+        queue: Queue,
+        settings: Settings,
+        on_kick: Callable[[], None] | None = None,
+        *,
+        direct_queue: Queue | None = None,
     ) -> None:
+        # The writer thread may wait longer than a request ever should: a pipelined push of
+        # a thousand messages must not time out (and be re-sent) under load. Durable
+        # writes from the request itself use ``direct_queue``, with ENQUEUE_TIMEOUT.
         self.queue = queue
+        self.direct_queue = direct_queue or queue
         self.settings = settings
         self.on_kick = on_kick
         self._pid = -1
@@ -61,7 +70,7 @@ class Producer:
             self._reset()
         if durable:
             try:
-                self.queue.push([entry])
+                self.direct_queue.push([entry])
             except Exception as exc:
                 metrics.count("spilled")
                 metrics.warn_once_per_interval(
