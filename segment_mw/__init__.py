@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .api import alias, flush, group, identify, page, screen, track
 from .client import configure, get_client
+from .decorators import tracked
 from .errors import ConfigurationError, InvalidEvent
 from .scope import Scope, bound
 from .version import __version__
@@ -27,4 +28,5 @@ __all__ = [
     "page",
     "screen",
     "track",
+    "tracked",
 ]

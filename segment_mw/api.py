@@ -31,6 +31,11 @@ def emit(
 ) -> str:
     """Build, serialise and queue one message; the shared path of every call."""
     client = get_client()
+    current = scope_mod.current()
+    if current is not None and current.opted_out and current.anonymous_id is None:
+        # No anonymous id is minted for a visitor who opted out; the message is built
+        # only to check the caller's arguments (it is never queued), so lend it one.
+        anonymous_id = anonymous_id or "opted-out"
     entry = events.build(
         type_,
         fields,
@@ -42,7 +47,6 @@ def emit(
         message_id=message_id,
         default_integrations=client.settings.integrations,
     )
-    current = scope_mod.current()
     if current is not None and current.opted_out:
         metrics.count("opted_out")
         return entry.message_id  # the user opted out of tracking: build, but never queue

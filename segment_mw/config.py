@@ -8,8 +8,9 @@ variables, and checked once; every error names the key it is about. The resultin
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -98,6 +99,7 @@ _NUMBER_KEYS = (
     "CLAIM_IDLE",
     "FLUSH_TIME_LIMIT",
 )
+_POSITIVE_KEYS = ("ENQUEUE_TIMEOUT", "FLUSH_TIME_LIMIT")
 _INT_LIMITS = {
     "BATCH_MAX_EVENTS": (1, 2500),
     "BATCH_MAX_BYTES": (1024, 500_000),
@@ -110,11 +112,22 @@ def default_queue_url() -> str:
     return f"sqlite:///{Path(state) / 'segment_mw' / 'queue.sqlite3'}"
 
 
+def hide_password(url: Any) -> Any:
+    """``url`` with the password of its user-info replaced by ``***`` (for reprs and logs)."""
+    if not isinstance(url, str):
+        return url
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{netloc}").geturl()
+
+
 class _Redacted(dict[str, Any]):
-    """Destination options whose repr hides secrets (write keys, header values)."""
+    """Destination options whose repr hides secrets (write keys, header values, passwords)."""
 
     def __repr__(self) -> str:
-        shown = {k: ("***" if k in SECRET_OPTIONS else v) for k, v in self.items()}
+        shown = {k: ("***" if k in SECRET_OPTIONS else hide_password(v)) for k, v in self.items()}
         return repr(shown)
 
     __str__ = __repr__
@@ -170,6 +183,12 @@ class Settings:
     @property
     def destination_names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.destinations)
+
+    def __repr__(self) -> str:
+        # A Redis URL may carry a password; destinations redact their own options.
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["queue_url"] = hide_password(self.queue_url)
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 def import_string(path: str, key: str) -> Any:
@@ -229,6 +248,15 @@ def _destinations(raw: Any, environ: Mapping[str, str]) -> tuple[DestinationConf
             raise ConfigurationError(f"{key}.url: an http destination needs a url")
         if kind == "jsonl" and not isinstance(opts.get("path"), (str, os.PathLike)):
             raise ConfigurationError(f"{key}.path: a jsonl destination needs a file path")
+        if kind == "log":
+            from .destinations.local import log_level
+
+            try:
+                log_level(opts.get("level", "INFO"))
+            except ValueError:
+                raise ConfigurationError(
+                    f"{key}.level: expected a logging level such as 'INFO' or 20"
+                ) from None
         if kind in ("segment", "http"):
             scheme = urlsplit(str(opts.get("host") or opts.get("url"))).scheme
             if scheme not in ("http", "https"):
@@ -240,6 +268,20 @@ def _destinations(raw: Any, environ: Mapping[str, str]) -> tuple[DestinationConf
                 raise ConfigurationError(f"{key}.headers: expected a mapping")
         out.append(DestinationConfig(name=name, type=kind, options=opts))
     return tuple(out)
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    # A lone string would otherwise become one pattern per character ("^" excludes all).
+    patterns = (value,) if isinstance(value, str) else value
+    try:
+        patterns = tuple(patterns)
+        for pattern in patterns:
+            re.compile(pattern)
+    except (TypeError, re.error) as exc:
+        raise ConfigurationError(
+            f"PAGEVIEWS.EXCLUDE_PATHS: expected a list of regular expressions ({exc})"
+        ) from None
+    return patterns
 
 
 def _check_queue_url(url: Any) -> str:
@@ -280,7 +322,7 @@ def load_settings(
         if key not in DEFAULT_PAGEVIEWS:
             raise ConfigurationError(f"PAGEVIEWS: unknown key {key!r}")
         pageviews[key] = value
-    pageviews["EXCLUDE_PATHS"] = tuple(pageviews["EXCLUDE_PATHS"])
+    pageviews["EXCLUDE_PATHS"] = _patterns(pageviews["EXCLUDE_PATHS"])
 
     integrations = merged["INTEGRATIONS"]
     if not isinstance(integrations, Mapping):
@@ -307,14 +349,20 @@ def load_settings(
         raise ConfigurationError("IP: expected 'full', 'anonymize' or 'none'")
     for key in _NUMBER_KEYS:
         value = merged[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        # ``not value >= 0`` also refuses NaN; a zero timeout would make every Redis
+        # call non-blocking (and fail), a zero time limit would never deliver anything.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ConfigurationError(f"{key}: expected a non-negative number, got {value!r}")
+        if key in _POSITIVE_KEYS and value == 0:
+            raise ConfigurationError(f"{key}: expected a positive number of seconds, got 0")
     for key, (low, high) in _INT_LIMITS.items():
         value = merged[key]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ConfigurationError(f"{key}: expected a whole number from {low} to {high}")
     scrub = merged["SCRUB_PARAMS"]
-    if isinstance(scrub, str) or not all(isinstance(p, str) for p in scrub):
+    if not isinstance(scrub, (list, tuple, set, frozenset)) or not all(
+        isinstance(p, str) for p in scrub
+    ):
         raise ConfigurationError("SCRUB_PARAMS: expected a list of parameter names")
     in_process = merged["IN_PROCESS_FLUSHER"]
     if in_process is None:

@@ -82,6 +82,10 @@ def _mapping(value: Any, field_name: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _is_all(key: Any) -> bool:
+    return isinstance(key, str) and key.lower() == "all"
+
+
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     """Deep-merge ``over`` onto ``base`` (nested mappings merge, everything else replaces)."""
     out = dict(base)
@@ -112,8 +116,9 @@ def build(
     uid = _id(user_id, "userId")
     aid = _id(anonymous_id, "anonymousId")
     if current is not None:
-        uid = uid or current.user_id
-        aid = aid or current.anonymous_id
+        # Through _id too: a scope may hold "" (no one) or an integer primary key.
+        uid = uid or _id(current.user_id, "userId")
+        aid = aid or _id(current.anonymous_id, "anonymousId")
     if uid is None and aid is None:
         raise InvalidEvent(f"{type_}: userId or anonymousId is required (neither was given)")
 
@@ -130,7 +135,11 @@ def build(
     ctx["library"] = LIBRARY
 
     merged_integrations = dict(default_integrations or {})
-    merged_integrations.update(_mapping(integrations, "integrations"))
+    own = _mapping(integrations, "integrations")
+    if any(_is_all(key) for key in own):
+        # "All" matches case-insensitively: the event's "all" replaces the default's "All".
+        merged_integrations = {k: v for k, v in merged_integrations.items() if not _is_all(k)}
+    merged_integrations.update(own)
 
     message: dict[str, Any] = {"type": type_}
     message.update(fields)

@@ -31,6 +31,8 @@ def _default(value: Any) -> Any:
         return list(value)
     if isinstance(value, tuple):
         return list(value)
+    if isinstance(value, Mapping):  # mappings that are not dicts (MappingProxyType, ...)
+        return dict(value)
     raise TypeError(f"type {type(value).__name__} is not JSON serialisable")
 
 
@@ -45,7 +47,13 @@ def dumps(obj: Any) -> bytes:
 
 def _leaf_ok(value: Any) -> str | None:
     """Why a scalar cannot be serialised, or None when orjson (with our default) takes it."""
-    if value is None or isinstance(value, (str, bool)):
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return "string is not valid UTF-8 (a lone surrogate)"
+        return None
+    if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
         return None if -(2**63) <= value < 2**64 else "integer exceeds 64-bit range"
@@ -58,9 +66,15 @@ def _leaf_ok(value: Any) -> str | None:
     return f"type {type(value).__name__} is not JSON serialisable"
 
 
-def _find_bad_value(value: Any, path: str) -> tuple[str, str | None]:
+MAX_DEPTH = 254  # orjson's own nesting limit
+
+
+def _find_bad_value(value: Any, path: str, depth: int = 0) -> tuple[str, str | None]:
+    if depth > MAX_DEPTH:  # also ends the search in a reference cycle
+        return (path or "event", f"nested more than {MAX_DEPTH} levels deep (a cycle?)")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
+        # Field by field, not asdict(): that deep-copies, and fails on what cannot be copied.
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, (str, int, float, bool, enum.Enum, uuid.UUID, dt.date)) and (
@@ -68,13 +82,13 @@ def _find_bad_value(value: Any, path: str) -> tuple[str, str | None]:
             ):
                 return (path or "event", f"key of type {type(key).__name__} is not allowed")
             child = f"{path}.{key}" if path else str(key)
-            found = _find_bad_value(item, child)
+            found = _find_bad_value(item, child, depth + 1)
             if found[1] is not None:
                 return found
         return (path, None)
     if isinstance(value, (list, tuple, set, frozenset)):
         for index, item in enumerate(value):
-            found = _find_bad_value(item, f"{path}[{index}]")
+            found = _find_bad_value(item, f"{path}[{index}]", depth + 1)
             if found[1] is not None:
                 return found
         return (path, None)

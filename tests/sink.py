@@ -53,8 +53,15 @@ class Sink:
         with self.lock:
             return [e for r in self.requests for e in r.body.get("batch", [])]
 
-    def fail(self, status: int, times: int = 1, *, headers: dict[str, str] | None = None,
-             delay: float = 0.0, body: bytes = b'{"success": false}') -> None:
+    def fail(
+        self,
+        status: int,
+        times: int = 1,
+        *,
+        headers: dict[str, str] | None = None,
+        delay: float = 0.0,
+        body: bytes = b'{"success": false}',
+    ) -> None:
         with self.lock:
             self.failures.append(Failure(status, times, headers or {}, body, delay))
 
@@ -79,7 +86,9 @@ class Sink:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
-                data = gzip.decompress(raw) if self.headers.get("Content-Encoding") == "gzip" else raw
+                data = (
+                    gzip.decompress(raw) if self.headers.get("Content-Encoding") == "gzip" else raw
+                )
                 try:
                     body = json.loads(data)
                 except ValueError:

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import urllib3
 
+from ..config import _Redacted
 from ..version import __version__
 from .base import Destination, Outcome
 
@@ -150,7 +151,8 @@ class SegmentDestination(HttpBatchDestination):
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         host = str(options.get("host") or "https://api.segment.io").rstrip("/")
-        super().__init__(name, {**options, "url": f"{host}/v1/batch", "headers": {}})
+        # Redacted: these options hold the write key, and a repr must never show it.
+        super().__init__(name, _Redacted({**options, "url": f"{host}/v1/batch", "headers": {}}))
         write_key = str(options["write_key"])
         token = base64.b64encode(f"{write_key}:".encode()).decode()
         self.headers["Authorization"] = f"Basic {token}"

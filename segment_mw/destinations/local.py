@@ -38,6 +38,15 @@ class JsonlDestination(Destination):
         return Outcome.success()
 
 
+def log_level(value: Any) -> int:
+    """A level number from ``20`` or a name such as ``"INFO"``/``"info"``; ValueError if not."""
+    if isinstance(value, str):
+        value = logging.getLevelName(value.upper())  # a number for a known name
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"not a logging level: {value!r}")
+    return value
+
+
 class LogDestination(Destination):
     """Each message as one log record, for development and debugging."""
 
@@ -46,8 +55,7 @@ class LogDestination(Destination):
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         super().__init__(name, options)
         self.logger = logging.getLogger(options.get("logger", "segment_mw.events"))
-        level = options.get("level", logging.INFO)
-        self.level = logging.getLevelName(level) if isinstance(level, str) else int(level)
+        self.level = log_level(options.get("level", logging.INFO))
 
     def send(self, bodies: Sequence[bytes], *, attempt: int = 0) -> Outcome:
         for body in bodies:

@@ -29,6 +29,10 @@ from .base import (
 )
 
 
+def _raw_reply(response: Any, **options: Any) -> Any:
+    return response
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -76,6 +80,10 @@ class RedisQueue(Queue):
                 health_check_interval=0,
                 protocol=2,
             )
+            # Stream reads come back as hiredis built them; _records decodes them in one
+            # pass instead of redis-py building a dict per message first.
+            self._client.set_response_callback("XREADGROUP", _raw_reply)
+            self._client.set_response_callback("XAUTOCLAIM", _raw_reply)
         return self._client
 
     def _key(self, kind: str, name: str) -> str:
@@ -108,23 +116,23 @@ class RedisQueue(Queue):
             self._known_groups.add(name)
 
     def _records(self, raw: Any) -> tuple[list[Record], list[str]]:
-        """Decode stream entries; ids of entries already trimmed come back separately."""
+        """Decode raw stream entries; ids of entries already trimmed come back separately."""
         records: list[Record] = []
         gone: list[str] = []
         for entry_id, fields in raw:
-            rid = _text(entry_id)
+            rid = entry_id.decode()
             if not fields:
                 gone.append(rid)
                 continue
-            only = fields.get(b"o")
+            if len(fields) == 2 and fields[0] == b"e":  # the common case: a body alone
+                body, integrations, only = fields[1], None, None
+            else:
+                named = dict(zip(fields[::2], fields[1::2], strict=False))
+                body, integrations, only = named[b"e"], named.get(b"i"), named.get(b"o")
+                if only is not None:
+                    only = only.decode()
             records.append(
-                Record(
-                    id=rid,
-                    body=fields[b"e"],
-                    integrations=fields.get(b"i"),
-                    only=only.decode() if only is not None else None,
-                    enqueued_at=_id_time(rid),
-                )
+                Record(rid, body, integrations, only, int(rid[: rid.index("-")]) / 1000.0)
             )
         return records, gone
 
@@ -189,7 +197,12 @@ class RedisQueue(Queue):
 
     def hold_for_retry(self, destination: str, ids: Sequence[str]) -> None:
         if ids:
-            self.client.xclaim(self.stream, destination, RETRY_CONSUMER, 0, list(ids), justid=True)
+            self._grouped(
+                destination,
+                lambda: self.client.xclaim(
+                    self.stream, destination, RETRY_CONSUMER, 0, list(ids), justid=True
+                ),
+            )
 
     def ack(self, destination: str, ids: Sequence[str], *, delivered: int = 0) -> None:
         if not ids:
@@ -235,24 +248,24 @@ class RedisQueue(Queue):
             pipe.execute()
             moved += len(rows)
 
-    def _group_floors(self) -> dict[str, tuple[str | None, int, int | None]]:
-        """Per group: the first id it still needs, its pending count and its lag."""
+    def _group_floors(self) -> dict[str, tuple[str, int, int | None, str]]:
+        """Per group: the first id it still needs, its pending count, lag and next unread id."""
         try:
             groups = self.client.xinfo_groups(self.stream)
         except redis.ResponseError:
             return {}
-        out: dict[str, tuple[str | None, int, int | None]] = {}
+        out: dict[str, tuple[str, int, int | None, str]] = {}
         for group in groups:
             name = _text(group["name"])
             last = _text(group["last-delivered-id"])
-            floor = _next_id(last)
+            unread = floor = _next_id(last)
             pending = int(group["pending"])
             if pending:
                 summary = self.client.xpending(self.stream, name)
                 if summary and summary.get("min"):
                     floor = min(floor, _text(summary["min"]), key=_id_key)
             lag = group.get("lag")
-            out[name] = (floor, pending, None if lag is None else int(lag))
+            out[name] = (floor, pending, None if lag is None else int(lag), unread)
         return out
 
     def trim(self) -> None:
@@ -309,10 +322,11 @@ class RedisQueue(Queue):
         now = time.time()
         for name in destinations:
             dest = DestinationStatus(name=name)
+            start = "-"
             if name in floors:
-                floor, pending, lag = floors[name]
-                if lag is None:
-                    lag = len(self.client.xrange(self.stream, floor or "-", "+"))
+                start, pending, lag, unread = floors[name]
+                if lag is None:  # Redis cannot tell (entries were deleted): count the unread
+                    lag = len(self.client.xrange(self.stream, unread, "+"))
                 retrying = 0
                 if pending:
                     summary = self.client.xpending(self.stream, name)
@@ -321,13 +335,17 @@ class RedisQueue(Queue):
                             retrying = int(consumer["pending"])
                 dest.queued = lag + pending
                 dest.retrying = retrying
-                if dest.queued and floor:
-                    age = max(now - _id_time(floor), 0.0)
-                    result.oldest_age = max(result.oldest_age or 0.0, age)
             else:
                 dest.queued = (
                     int(self.client.xlen(self.stream)) if self.client.exists(self.stream) else 0
                 )
+            if dest.queued:
+                # The age of the oldest entry still needed, not of the group's position
+                # (which is 0-0, the epoch, for a group that has read nothing yet).
+                first = self.client.xrange(self.stream, start, "+", count=1)
+                if first:
+                    age = max(now - _id_time(_text(first[0][0])), 0.0)
+                    result.oldest_age = max(result.oldest_age or 0.0, age)
             stats = self.client.hgetall(self._key("stats", name))
             dest.delivered = int(stats.get(b"delivered", 0))
             dest.dead = int(self.client.xlen(self._key("dead", name)))
