@@ -237,7 +237,9 @@ def _destinations(raw: Any, environ: Mapping[str, str]) -> tuple[DestinationConf
         if kind == "segment":
             if write_key and not opts.get("write_key"):
                 opts["write_key"] = write_key
-            if host:
+            if host and not opts.get("host"):
+                # Like the write key: fills in, so a second (say EU) destination that
+                # names its own host keeps it.
                 opts["host"] = host
             if not isinstance(opts.get("write_key"), str) or not opts["write_key"]:
                 raise ConfigurationError(

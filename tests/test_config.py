@@ -458,3 +458,21 @@ def test_configure_validates(configure: Callable[..., Client]) -> None:
     with pytest.raises(ConfigurationError, match="'NOPE'"):
         segment_mw.configure({"NOPE": 1})
     assert get_client() is before  # a bad configuration leaves the working one in place
+
+
+def test_segment_host_fills_in_but_does_not_override_an_explicit_host():
+    settings = load_settings(
+        {
+            "DESTINATIONS": {
+                "US": {"type": "segment", "write_key": "k1"},
+                "EU": {
+                    "type": "segment",
+                    "write_key": "k2",
+                    "host": "https://events.eu1.segmentapis.com",
+                },
+            }
+        },
+        environ={"SEGMENT_HOST": "https://proxy.example"},
+    )
+    assert settings.destination("US").options["host"] == "https://proxy.example"
+    assert settings.destination("EU").options["host"] == "https://events.eu1.segmentapis.com"
