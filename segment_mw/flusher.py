@@ -15,7 +15,7 @@ import threading
 import time
 
 from .delivery import Deliverer
-from .producer import Producer
+from .producer import KICK_LEASE, Producer
 
 log = logging.getLogger("segment_mw.flusher")
 
@@ -36,9 +36,13 @@ class InProcessFlusher:
         self._due: dict[str, float] = {}
 
     def notify(self) -> None:
+        self.start()
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start the thread in this process if it is not running (and its exit hook)."""
         if self._pid != os.getpid() or self._thread is None:
             self._start()
-        self._wake.set()
 
     def _start(self) -> None:
         with self._lock:
@@ -64,6 +68,13 @@ class InProcessFlusher:
                 return
             if woke and self.delay:
                 time.sleep(self.delay)  # gather what arrives meanwhile into one batch
+            # Like the Celery flush task: free the kick before reading, so what is pushed
+            # from now on wakes a flusher again (this one or another process's) instead
+            # of waiting out the lease.
+            try:
+                self.deliverer.queue.release(KICK_LEASE)
+            except Exception:
+                log.debug("could not release the kick lease", exc_info=True)
             self.run_once(force=woke)
 
     def run_once(self, *, force: bool = False) -> None:
@@ -81,11 +92,15 @@ class InProcessFlusher:
             self._due[name] = time.time() + (IDLE_WAKE if delay is None else delay)
 
     def close(self, timeout: float = EXIT_TIMEOUT) -> None:
-        if self._pid != os.getpid() or self._thread is None:
+        if self._pid != os.getpid():
+            return
+        with self._lock:  # another thread may be in _start, between creating and starting it
+            thread = self._thread
+        if thread is None:
             return
         self._stop = True
         self._wake.set()
-        self._thread.join(timeout)
+        thread.join(timeout)
         self._thread = None
         deadline = time.monotonic() + timeout
         self.producer.drain(timeout)
