@@ -142,7 +142,13 @@ class Client:
             except Exception:
                 log.exception("event listener failed")
         try:
-            self.producer.submit(entry, durable=durable)
+            producer = self.producer
+            if self._flusher is None and self.on_kick is None and self.settings.in_process_flusher:
+                # Started with the first message, not the first kick: its exit hook must
+                # deliver what this process queued even when the process ends before a
+                # kick got through (a short script, a forked child).
+                self.flusher.start()
+            producer.submit(entry, durable=durable)
         except Exception:
             metrics.count("dropped")
             metrics.warn_once_per_interval(
@@ -187,10 +193,11 @@ class Client:
     def close(self) -> None:
         if self._pid != os.getpid():
             return
-        if self._flusher is not None:
-            self._flusher.close()
+        # The producer first: its last push may wake the flusher, which then delivers it.
         if self._producer is not None:
             self._producer.close()
+        if self._flusher is not None:
+            self._flusher.close()
         if self._deliverer is not None:
             self._deliverer.close()
         queues = (self._queue, self._push_queue, self._writer_queue)

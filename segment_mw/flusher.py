@@ -34,6 +34,7 @@ class InProcessFlusher:
         self._stop = False
         self._lock = threading.Lock()
         self._due: dict[str, float] = {}
+        self._closed_in = -1  # the pid that closed this flusher: it must not start again
 
     def notify(self) -> None:
         self.start()
@@ -41,11 +42,15 @@ class InProcessFlusher:
 
     def start(self) -> None:
         """Start the thread in this process if it is not running (and its exit hook)."""
+        if self._closed_in == os.getpid():
+            return
         if self._pid != os.getpid() or self._thread is None:
             self._start()
 
     def _start(self) -> None:
         with self._lock:
+            if self._closed_in == os.getpid():
+                return
             if self._pid == os.getpid() and self._thread is not None:
                 return
             self._pid = os.getpid()
@@ -94,7 +99,9 @@ class InProcessFlusher:
     def close(self, timeout: float = EXIT_TIMEOUT) -> None:
         if self._pid != os.getpid():
             return
-        with self._lock:  # another thread may be in _start, between creating and starting it
+        # Under the lock: another thread may be in _start, between creating and starting it.
+        with self._lock:
+            self._closed_in = os.getpid()
             thread = self._thread
         if thread is None:
             return
