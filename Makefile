@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP) services lint typecheck pytest
 
 services:
-	@bash .ci/ensure-redis
+	@bash .ci/ensure-services
 
 lint: $(STAMP)
 	$(BIN)/ruff check segment_mw tests example_projects benchmarks
