@@ -1,0 +1,147 @@
+"""System checks (``manage.py check``) for the settings and the middleware placement.
+
+Errors: ``segment_mw.E001`` invalid ``SEGMENT_MW``, ``E002`` a Segment destination without
+a write key, ``E003`` an unusable ``QUEUE_URL``. Warnings: ``segment_mw.W001`` middleware
+missing, ``W002`` middleware before ``AuthenticationMiddleware``, ``W003`` no destination.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning, register
+from django.utils.module_loading import import_string
+
+from ..config import Settings, load_settings
+from ..errors import ConfigurationError
+from .apps import raw_settings
+
+MIDDLEWARE = "segment_mw.django.SegmentMiddleware"
+AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
+
+
+def _is_subclass(path: str, base_path: str) -> bool:
+    if path == base_path:
+        return True
+    try:
+        found, base = import_string(path), import_string(base_path)
+    except ImportError:
+        return False
+    return isinstance(found, type) and isinstance(base, type) and issubclass(found, base)
+
+
+def _position(middleware: Sequence[str], base_path: str) -> int | None:
+    for index, path in enumerate(middleware):
+        if isinstance(path, str) and _is_subclass(path, base_path):
+            return index
+    return None
+
+
+@register()
+def check_middleware(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or ())
+    ours = _position(middleware, MIDDLEWARE)
+    if ours is None:
+        return [
+            Warning(
+                "SegmentMiddleware is not in MIDDLEWARE: no pageviews are recorded and "
+                "events from views carry no request context.",
+                hint=f"Add {MIDDLEWARE!r} to MIDDLEWARE, after {AUTH_MIDDLEWARE!r}.",
+                id="segment_mw.W001",
+            )
+        ]
+    auth = _position(middleware, AUTH_MIDDLEWARE)
+    if auth is not None and auth > ours:
+        return [
+            Warning(
+                "SegmentMiddleware comes before AuthenticationMiddleware, so it cannot see "
+                "the logged-in user: events get no userId from request.user.",
+                hint=f"Move {MIDDLEWARE!r} below {AUTH_MIDDLEWARE!r} in MIDDLEWARE.",
+                id="segment_mw.W002",
+            )
+        ]
+    return []
+
+
+def _queue_url_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme in ("redis", "rediss"):
+        if not parts.hostname:
+            return "a redis:// URL needs a host"
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            return f"the database in the path must be a number, got {db!r}"
+    if parts.scheme == "unix" and not parts.path:
+        return "a unix:// URL needs the socket's path"
+    return None
+
+
+def _settings_errors(raw: Any) -> tuple[Settings | None, list[CheckMessage]]:
+    if not isinstance(raw, Mapping):
+        return None, [
+            Error(
+                f"SEGMENT_MW must be a dict, got {type(raw).__name__}.",
+                hint="SEGMENT_MW = {'QUEUE_URL': ..., 'DESTINATIONS': {...}}",
+                id="segment_mw.E001",
+            )
+        ]
+    try:
+        loaded = load_settings(raw)
+    except ConfigurationError as exc:
+        message = str(exc)
+        if message.startswith("QUEUE_URL"):
+            error = Error(
+                f"SEGMENT_MW: {message}",
+                hint="Use redis://host:6379/0 in production, sqlite:///path/queue.sqlite3 "
+                "without a server, or memory:// in tests.",
+                id="segment_mw.E003",
+            )
+        elif ".write_key" in message:
+            error = Error(
+                f"SEGMENT_MW: {message}",
+                hint="Set 'write_key' in the destination's options or the SEGMENT_WRITE_KEY "
+                "environment variable.",
+                id="segment_mw.E002",
+            )
+        else:
+            error = Error(
+                f"SEGMENT_MW: {message}",
+                hint="See the settings table in the segment_mw documentation.",
+                id="segment_mw.E001",
+            )
+        return None, [error]
+    problem = _queue_url_problem(loaded.queue_url)
+    if problem is not None:
+        source = "SEGMENT_MW_QUEUE_URL" if os.environ.get("SEGMENT_MW_QUEUE_URL") else "QUEUE_URL"
+        return loaded, [
+            Error(
+                f"SEGMENT_MW: {source} is not usable: {problem}.",
+                hint="For example redis://localhost:6379/0.",
+                id="segment_mw.E003",
+            )
+        ]
+    return loaded, []
+
+
+@register()
+def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    loaded, messages = _settings_errors(raw_settings())
+    if loaded is not None and not loaded.destinations:
+        messages.append(
+            Warning(
+                "SEGMENT_MW has no DESTINATIONS: events are not delivered anywhere.",
+                hint="Add one, e.g. 'DESTINATIONS': {'Segment': {'type': 'segment', "
+                "'write_key': ...}}, or set the SEGMENT_WRITE_KEY environment variable.",
+                id="segment_mw.W003",
+            )
+        )
+    return messages
