@@ -128,6 +128,8 @@ _tokens: dict[str, Any] = {}
 def _prerun(task_id: str | None = None, task: Task[Any, Any] | None = None, **_: Any) -> None:
     if task is None or task_id is None:
         return
+    if getattr(task.request, "is_eager", False):
+        return  # run inline (apply(), always-eager): the caller's scope is already bound
     data = getattr(task.request, SCOPE_HEADER, None)
     if data is None:
         headers = getattr(task.request, "headers", None) or {}
