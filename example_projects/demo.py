@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import threading
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,8 @@ class Collector:
 
 
 def visit_starlette() -> None:
+    # Starlette prefers httpx2 for its test client now; httpx still works.
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from starlette.testclient import TestClient
 
     from example_projects.starlette_shop import build_app
