@@ -100,6 +100,11 @@ def visit_django() -> None:
     client.get("/products/2/?utm_source=ads&utm_medium=cpc")
     client.post("/checkout/", {"product": "2"})
 
+    from shop.tasks import renew_subscription
+
+    # A nightly billing job: no request, no browser; the user comes from the argument.
+    renew_subscription.delay(42, "pro", "9.90")
+
 
 def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="segment_mw-demo-"))
@@ -107,6 +112,7 @@ def main() -> int:
     os.environ["SHOP_DB"] = str(workdir / "shop.sqlite3")
     os.environ["SHOP_EVENTS_FILE"] = str(workdir / "django-events.jsonl")
     os.environ["DJANGO_SETTINGS_MODULE"] = "django_shop.settings"
+    os.environ["CELERY_TASK_ALWAYS_EAGER"] = "1"  # no broker here: tasks run inline
     collector = Collector()
 
     import segment_mw
@@ -145,7 +151,7 @@ def main() -> int:
         if event["type"] == "track":
             extra = f"revenue={event['properties']['revenue']} {event['properties']['currency']}"
         print(
-            f"  {event['type']:<6} {what:<16} anon={event.get('anonymousId', '')[:8]}… "
+            f"  {event['type']:<6} {what:<20} anon={event.get('anonymousId', '')[:8]}… "
             f"ip={ctx.get('ip')} locale={ctx.get('locale')} "
             f"campaign={ctx.get('campaign', {})} {extra}"
         )
@@ -154,8 +160,9 @@ def main() -> int:
     for line in lines:
         event = json.loads(line)
         print(
-            f"  {event['type']:<6} {event.get('event') or event.get('name') or '':<16} "
-            f"anon={event.get('anonymousId')} campaign={event['context'].get('campaign')}"
+            f"  {event['type']:<6} {event.get('event') or event.get('name') or '':<20} "
+            f"user={event.get('userId')} anon={event.get('anonymousId')} "
+            f"campaign={event['context'].get('campaign')}"
         )
     print("\n(The crawler, the XHR, the JSON API call and the GPC visitor made no events.)")
     print("\n$ segment-mw status   # the Starlette shop's queue, after delivery")

@@ -66,4 +66,6 @@ SEGMENT_MW = {
 }
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://localhost:6379/1")
+# Without a broker (the demo), tasks run in the calling process.
+CELERY_TASK_ALWAYS_EAGER = os.environ.get("CELERY_TASK_ALWAYS_EAGER") == "1"
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

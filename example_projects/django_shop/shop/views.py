@@ -9,6 +9,7 @@ from django.shortcuts import render
 from segment_mw.pageviews import pageview
 
 from .billing import charge
+from .tasks import send_receipt
 
 PRICES = {1: Decimal("19.99"), 2: Decimal("5.00")}
 
@@ -32,6 +33,8 @@ def checkout(request: HttpRequest) -> HttpResponse:
     product_id = int(request.POST.get("product", "1"))
     with transaction.atomic():
         order = charge(product_id, PRICES[product_id])
+        # Sent on commit too; the task's "Receipt Sent" carries this request's user.
+        transaction.on_commit(lambda: send_receipt.delay(order.order_id))
     return JsonResponse({"order": order.order_id})
 
 
