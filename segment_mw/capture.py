@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from functools import lru_cache
 from typing import Any
-from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .bots import is_bot
 from .config import Settings
@@ -59,6 +59,7 @@ class RequestContext:
 
 
 # -- identity ------------------------------------------------------------------------
+@lru_cache(maxsize=4096)  # a visitor's cookie comes back with every page they view
 def parse_id_cookie(raw: str | None) -> str | None:
     """An id from an analytics.js cookie: raw (2.0) or URL-encoded JSON string (classic)."""
     if not raw:
@@ -220,6 +221,15 @@ def _sf_string(value: str) -> str:
     return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
 
 
+_HIGH_ENTROPY_HINTS = (
+    ("sec-ch-ua-platform-version", "platformVersion"),
+    ("sec-ch-ua-model", "model"),
+    ("sec-ch-ua-arch", "architecture"),
+    ("sec-ch-ua-bitness", "bitness"),
+    ("sec-ch-ua-full-version", "uaFullVersion"),
+)
+
+
 def user_agent_data(headers: Mapping[str, str]) -> dict[str, Any] | None:
     """``context.userAgentData`` from the ``Sec-CH-UA*`` client hints, when sent."""
     brands = headers.get("sec-ch-ua")
@@ -232,44 +242,35 @@ def user_agent_data(headers: Mapping[str, str]) -> dict[str, Any] | None:
     platform = headers.get("sec-ch-ua-platform")
     if platform is not None:
         data["platform"] = _sf_string(platform)
-    extra = {
-        "sec-ch-ua-platform-version": "platformVersion",
-        "sec-ch-ua-model": "model",
-        "sec-ch-ua-arch": "architecture",
-        "sec-ch-ua-bitness": "bitness",
-        "sec-ch-ua-full-version": "uaFullVersion",
-    }
-    for header, key in extra.items():
-        if header in headers:
-            data[key] = _sf_string(headers[header])
-    if "sec-ch-ua-full-version-list" in headers:
-        data["fullVersionList"] = _brands(headers["sec-ch-ua-full-version-list"])
-    if "sec-ch-ua-wow64" in headers:
-        data["wow64"] = headers["sec-ch-ua-wow64"].strip() == "?1"
+    for header, key in _HIGH_ENTROPY_HINTS:
+        value = headers.get(header)
+        if value is not None:
+            data[key] = _sf_string(value)
+    full_list = headers.get("sec-ch-ua-full-version-list")
+    if full_list is not None:
+        data["fullVersionList"] = _brands(full_list)
+    wow64 = headers.get("sec-ch-ua-wow64")
+    if wow64 is not None:
+        data["wow64"] = wow64.strip() == "?1"
     return data
 
 
 # -- page and campaign -----------------------------------------------------------------
-@lru_cache(maxsize=64)
-def _denylist_pattern(denylist: frozenset[str]) -> re.Pattern[str]:
-    names = "|".join(re.escape(n) for n in sorted(denylist)) or "(?!)"
-    # A cheap screen: a denylisted name (maybe percent-encoded) right before '='.
-    return re.compile(rf"(?:^|[&;])(?:{names}|[^&;=]*%)=?", re.IGNORECASE)
-
-
 def scrub_query(query: str, denylist: frozenset[str]) -> str:
     """The query string without parameters whose names are on the denylist.
 
     The other parameters are kept exactly as sent (same order and encoding).
     """
-    if not query or not _denylist_pattern(denylist).search(query):
+    if not query:
         return query
     kept = []
     for part in query.split("&"):
-        name = unquote(part.split("=", 1)[0].replace("+", " ")).strip().lower()
-        if name not in denylist:
+        name = part.partition("=")[0]
+        if "%" in name or "+" in name:
+            name = unquote(name.replace("+", " "))
+        if name.strip().lower() not in denylist:
             kept.append(part)
-    return "&".join(kept)
+    return query if len(kept) == query.count("&") + 1 else "&".join(kept)
 
 
 def scrub_url(url: str | None, denylist: frozenset[str]) -> str | None:
@@ -294,10 +295,17 @@ def campaign_from(query: str) -> dict[str, str]:
         if part[:4].lower() != "utm_":
             continue
         key, _, value = part.partition("=")
-        name = unquote_plus(key[4:]).lower()
+        name = _form_decode(key[4:]).lower()
         if name:
-            campaign["name" if name == "campaign" else name] = unquote_plus(value)
+            campaign["name" if name == "campaign" else name] = _form_decode(value)
     return campaign
+
+
+def _form_decode(value: str) -> str:
+    """``unquote_plus``, skipped when there is nothing to decode (nearly always)."""
+    if "+" in value:
+        value = value.replace("+", " ")
+    return unquote(value) if "%" in value else value
 
 
 # -- the whole request -----------------------------------------------------------------

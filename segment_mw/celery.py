@@ -14,7 +14,9 @@ are re-queued if their worker process is lost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -61,14 +63,60 @@ def request_flush(destination: str, delay: float = 0.0, *, scheduled: bool = Fal
     return True
 
 
+class _Publisher:
+    """Sends the library's tasks over a broker connection of its own that tries once.
+
+    Through the app's pooled connections kombu keeps reconnecting to a broker that is
+    down for seconds (``broker_connection_timeout``) on every send, stalling the
+    producer's writer thread that kicks; here a send fails at once and is counted.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.conn: Any = None
+        self.app: Celery | None = None  # the connection's app (held: ids get reused)
+        self.pid = 0
+
+    def send(self, app: Celery, name: str, **options: Any) -> None:
+        with self.lock:
+            if self.conn is not None and (self.app is not app or self.pid != os.getpid()):
+                self._drop()
+            if self.conn is None:
+                self.conn = app.connection_for_write(transport_options={"max_retries": 0})
+                self.app, self.pid = app, os.getpid()
+            try:
+                app.send_task(name, connection=self.conn, **options)
+            except Exception:
+                self._drop()
+                raise
+
+    def _drop(self) -> None:
+        conn, self.conn, self.app = self.conn, None, None
+        if conn is not None and self.pid == os.getpid():
+            with contextlib.suppress(Exception):
+                conn.release()
+
+    def after_fork_in_child(self) -> None:
+        # The parent's connection and lock are the parent's: start afresh, touching neither.
+        self.lock = threading.Lock()
+        self.conn = self.app = None
+
+
+_publisher = _Publisher()
+os.register_at_fork(after_in_child=_publisher.after_fork_in_child)
+
+
 def _send(name: str, *, kwargs: dict[str, Any], delay: float) -> None:
     app = _app
     if app is None:
         from celery import current_app
 
-        app = current_app
+        # The app itself, not the proxy (whose identity never changes).
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
     # No publish retry loop: a kick that cannot be sent is retried by the next push.
-    app.send_task(name, kwargs=kwargs, countdown=delay or None, retry=False, ignore_result=True)
+    _publisher.send(
+        app, name, kwargs=kwargs, countdown=delay or None, retry=False, ignore_result=True
+    )
 
 
 @shared_task(

@@ -112,7 +112,8 @@ class Deliverer:
         dest = self.destinations[name]
         lease = f"retry:{name}"
         lease_ttl = float(dest.options.get("timeout", 10.0)) * 4 + 5
-        if queue.acquire(lease, lease_ttl):
+        retried = queue.acquire(lease, lease_ttl)
+        if retried:
             try:
                 while time.monotonic() < deadline:
                     records = queue.read_retry(name, count)
@@ -135,7 +136,9 @@ class Deliverer:
                         break
                     if not self._deliver(dest, records, backoff, report):
                         break
-        if report.retry_at is None and backoff.attempts:
+        if report.retry_at is None and backoff.attempts and retried:
+            # Only the flush that retried the parked messages may reset the back-off: while
+            # another one still has them in flight, their attempt count must stand.
             queue.clear_backoff(name)
         idle = queue.oldest_pending_idle(name)
         if idle is not None and report.retry_at is None:
@@ -210,7 +213,8 @@ class Deliverer:
             attempts = backoff.attempts + 1
             delay = backoff_delay(attempts, outcome.retry_after)
             backoff.attempts, backoff.until = attempts, time.time() + delay
-            queue.set_backoff(name, backoff, error)
+            # When all of it was dead-lettered, the status says so, not just the failure.
+            queue.set_backoff(name, backoff, error if keep else f"{error} (retry budget exhausted)")
             report.retry_at = backoff.until
             log.warning(
                 "destination %s failed (%s); %d message(s) retried in %.1fs (attempt %d)",

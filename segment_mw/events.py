@@ -8,6 +8,8 @@ beside the bytes (also serialised) so the worker can route without touching the 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,11 +37,36 @@ class Entry:
     type: str = ""
 
 
+def new_message_id() -> str:
+    """A random (version 4) UUID, as ``str(uuid.uuid4())`` but without the UUID object."""
+    h = os.urandom(16).hex()
+    # The version nibble is 4; the variant nibble keeps two random bits under 0b10.
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+_second: tuple[int, str] = (0, "")  # the current second, formatted once
+_MILLIS = tuple(f".{ms:03d}+00:00" for ms in range(1000))
+
+
+def _now() -> str:
+    """The current time as ``format_timestamp`` writes it, without building a datetime."""
+    global _second
+    now = time.time()
+    whole = int(now)
+    second, prefix = _second
+    if whole != second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, prefix)
+    return prefix + _MILLIS[int((now - whole) * 1000)]
+
+
 def format_timestamp(value: dt.datetime | dt.date | str | None) -> str:
     """ISO-8601 in UTC with millisecond precision, the form Segment's libraries write."""
     if value is None:
-        value = dt.datetime.now(dt.timezone.utc)
-    elif isinstance(value, str):
+        return _now()
+    if isinstance(value, str):
         try:
             value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
@@ -77,7 +104,7 @@ def _optional_str(value: Any, field_name: str) -> str | None:
 def _mapping(value: Any, field_name: str) -> dict[str, Any]:
     if value is None:
         return {}
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):  # dict: no ABC check
         raise InvalidEvent(f"{field_name}: expected a mapping, got {type(value).__name__}")
     return dict(value)
 
@@ -123,7 +150,7 @@ def build(
         raise InvalidEvent(f"{type_}: userId or anonymousId is required (neither was given)")
 
     if message_id is None:
-        message_id = str(uuid.uuid4())
+        message_id = new_message_id()
     elif not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_MESSAGE_ID:
         raise InvalidEvent(f"messageId: expected a string of 1 to {MAX_MESSAGE_ID} characters")
 
@@ -134,9 +161,9 @@ def build(
         ctx = merge(ctx, _mapping(context, "context"))
     ctx["library"] = LIBRARY
 
-    merged_integrations = dict(default_integrations or {})
+    merged_integrations = dict(default_integrations) if default_integrations else {}
     own = _mapping(integrations, "integrations")
-    if any(_is_all(key) for key in own):
+    if own and any(_is_all(key) for key in own):
         # "All" matches case-insensitively: the event's "all" replaces the default's "All".
         merged_integrations = {k: v for k, v in merged_integrations.items() if not _is_all(k)}
     merged_integrations.update(own)
@@ -159,11 +186,8 @@ def build(
         raise InvalidEvent(
             f"{type_} {label!r} is {len(body)} bytes serialised; the limit is {MAX_EVENT_BYTES}"
         )
-    return Entry(
-        body=body,
-        integrations=dumps(merged_integrations) if merged_integrations else None,
-        message_id=message_id,
-        type=type_,
+    return Entry(  # positionally: body, integrations, message_id, type
+        body, dumps(merged_integrations) if merged_integrations else None, message_id, type_
     )
 
 

@@ -17,9 +17,11 @@ from typing import Any, TypeVar
 
 from . import metrics
 from . import scope as scope_mod
+from .api import emit
 from .capture import RequestContext, RequestInfo
 from .config import Settings
 from .errors import InvalidEvent
+from .events import page_fields
 
 log = logging.getLogger("segment_mw.pageviews")
 
@@ -127,18 +129,29 @@ _CHARSET = re.compile(r"charset=([\w-]+)", re.IGNORECASE)
 
 def extract_title(body: bytes, content_type: str | None, limit: int = 65536) -> str:
     """The document's ``<title>``, unescaped and with white space folded; '' when none."""
-    match = _TITLE.search(body[:limit])
+    match = _TITLE.search(body, 0, limit)
     if not match:
         return ""
-    charset = "utf-8"
+    raw, charset = bytes(match.group(1)), _charset(content_type)
+    # The same pages are viewed again and again: reuse the text of short titles.
+    return _cached_title_text(raw, charset) if len(raw) <= 1024 else _title_text(raw, charset)
+
+
+@lru_cache(maxsize=64)
+def _charset(content_type: str | None) -> str:
     found = _CHARSET.search(content_type or "")
-    if found:
-        charset = found.group(1)
+    return found.group(1) if found else "utf-8"
+
+
+def _title_text(raw: bytes, charset: str) -> str:
     try:
-        text = match.group(1).decode(charset, "replace")
+        text = raw.decode(charset, "replace")
     except LookupError:
-        text = match.group(1).decode("utf-8", "replace")
+        text = raw.decode("utf-8", "replace")
     return " ".join(html.unescape(text).split())[:1000]
+
+
+_cached_title_text = lru_cache(maxsize=1024)(_title_text)
 
 
 def emit_pageview(
@@ -149,16 +162,13 @@ def emit_pageview(
     view_opts: Mapping[str, Any] | None = None,
 ) -> str | None:
     """Queue the page event of a request; log and count (never raise) when it is invalid."""
-    from .api import emit
-    from .events import page_fields
-
-    options = {**(view_opts or {}), **rc.scope.pageview}
+    options = {**view_opts, **rc.scope.pageview} if view_opts else rc.scope.pageview
     name = options.get("name")
     if name is None and settings.pageviews["NAME"] == "route":
         name = route_name
-    properties = dict(rc.page)
+    properties = rc.page  # page_fields copies it
     if options.get("properties"):
-        properties.update(options["properties"])
+        properties = {**properties, **options["properties"]}
     token = scope_mod.bind(rc.scope)
     try:
         return emit(

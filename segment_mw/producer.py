@@ -2,13 +2,16 @@
 
 ``submit`` appends to an in-memory buffer (a deque append) and a writer thread pushes
 the buffer to the queue in pipelined batches, then kicks a flush (debounced across all
-processes by a lease in the queue). The buffer doubles as the bounded spill: while the
-queue is unreachable messages stay in it and are pushed when it returns; past
-``SPILL_MAX_EVENTS`` new ones are dropped, counted and logged once per interval.
-``submit(durable=True)`` writes synchronously (for business events such as charges) and
-falls back to the spill on failure. The thread is started lazily per process, so a fork
-(gunicorn, uWSGI, Celery prefork) gets a fresh one, and the buffer is drained at exit
-within a bounded time.
+processes by a lease in the queue). While messages keep coming it pushes at most once
+per ``BUFFER_MAX_DELAY`` (5 ms), gathering what arrives meanwhile into the same batch:
+that, plus a push or two, is how long a message lives in memory only (what a hard crash
+can lose).
+The buffer doubles as the bounded spill: while the queue is unreachable messages stay in
+it and are pushed when it returns; past ``SPILL_MAX_EVENTS`` new ones are dropped,
+counted and logged once per interval. ``submit(durable=True)`` writes synchronously (for
+business events such as charges) and falls back to the spill on failure. The thread is
+started lazily per process, so a fork (gunicorn, uWSGI, Celery prefork) gets a fresh one,
+and the buffer is drained at exit within a bounded time.
 """
 
 from __future__ import annotations
@@ -115,6 +118,7 @@ class Producer:
 
     def _run(self) -> None:
         failures = 0
+        pushed_at = 0.0
         while True:
             self._idle = True
             if not self._buf and not self._kick_wanted:
@@ -123,25 +127,47 @@ class Producer:
                 self._wake.wait(1.0)
                 self._wake.clear()
             self._idle = False
-            if self._buf and not self._push_some():
-                failures += 1
-                # Keep the messages, wait, try again: the queue may come back.
-                self._wake.wait(min(0.05 * 2**failures, 2.0))
-                self._wake.clear()
-                if self._stopping:
-                    return
-                continue
+            if self._buf:
+                self._gather(pushed_at)
+                pushed_at = time.monotonic()
+                if not self._push_some(kick=True):
+                    failures += 1
+                    # Keep the messages, wait, try again: the queue may come back.
+                    self._wake.wait(min(0.05 * 2**failures, 2.0))
+                    self._wake.clear()
+                    if self._stopping:
+                        return
+                    continue
             failures = 0
             if self._kick_wanted and not self._buf:
                 self._kick_wanted = False
                 self._kick()
 
-    def _push_some(self) -> bool:
+    def _gather(self, pushed_at: float) -> None:
+        """While busy, push at most once per ``BUFFER_MAX_DELAY``: many messages a round trip.
+
+        The first message after a quiet spell goes at once. Waiting here also keeps
+        ``submit`` a plain append (no wake-ups), and the thread off the GIL.
+        """
+        wait = pushed_at + self.settings.buffer_max_delay - time.monotonic()
+        if wait > 0 and len(self._buf) < PUSH_CHUNK and not self._stopping:
+            time.sleep(wait)
+
+    def _push_some(self, *, kick: bool = False) -> bool:
         chunk: list[Entry] = []
         while self._buf and len(chunk) < PUSH_CHUNK:
             chunk.append(self._buf.popleft())
+        # From the writer thread, and where the queue can, the kick's lease is tried in the
+        # push's own round trip (one round trip instead of two).
+        push_and_acquire = (
+            getattr(self.queue, "push_and_acquire", None) if kick and self.on_kick else None
+        )
+        leased: bool | None = None
         try:
-            self.queue.push(chunk)
+            if push_and_acquire is not None:
+                leased = bool(push_and_acquire(chunk, KICK_LEASE, KICK_TTL))
+            else:
+                self.queue.push(chunk)
         except Exception as exc:
             self._buf.extendleft(reversed(chunk))
             metrics.count("push_failed")
@@ -153,7 +179,11 @@ class Producer:
                 len(self._buf),
             )
             return False
-        self._kick_wanted = True
+        if leased is None:
+            self._kick_wanted = True  # acquired once the buffer is empty, by _kick
+        elif leased:
+            self._request_flush()
+        # else: a flush is already on its way and will see these messages
         self._report_counts()
         return True
 
@@ -176,6 +206,12 @@ class Producer:
                 return  # a flush is already on its way and will see these messages
         except Exception:
             self._kick_wanted = True
+            return
+        self._request_flush()
+
+    def _request_flush(self) -> None:
+        """With the kick lease held: ask for a flush; give the lease back if that fails."""
+        if self.on_kick is None:
             return
         try:
             self.on_kick()

@@ -13,6 +13,7 @@ import re
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,43 @@ CREATE TABLE IF NOT EXISTS {p}counts (name TEXT PRIMARY KEY, value INTEGER NOT N
 """
 
 
+# SQLite keeps per-process state about the files it has open (locks, the WAL index): a
+# fork taken while another thread is inside a transaction leaves the child believing a
+# lock is held that nobody will release ("database is locked" for good). So a fork waits
+# until no thread is inside SQLite, and the child never touches the parent's connections.
+_open_queues: weakref.WeakSet[SQLiteQueue] = weakref.WeakSet()
+_held_at_fork: list[SQLiteQueue] = []
+_inherited: list[sqlite3.Connection] = []  # the parent's, kept open and unused in a child
+
+
+def _before_fork() -> None:
+    _held_at_fork[:] = list(_open_queues)
+    for queue in _held_at_fork:
+        queue._lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for queue in reversed(_held_at_fork):
+        queue._lock.release()
+    _held_at_fork.clear()
+
+
+def _after_fork_in_child() -> None:
+    for queue in _held_at_fork:
+        queue._lock = threading.RLock()
+        if queue._conn is not None:
+            _inherited.append(queue._conn)  # closing it here would unlock the parent's files
+            queue._conn = None
+    _held_at_fork.clear()
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
+
+
 class SQLiteQueue(Queue):
     url_schemes = ("sqlite", "memory")
 
@@ -57,6 +95,7 @@ class SQLiteQueue(Queue):
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        _open_queues.add(self)
 
     def __repr__(self) -> str:
         return f"SQLiteQueue(path={self.path!r})"
@@ -168,8 +207,14 @@ class SQLiteQueue(Queue):
     def claim_idle(
         self, destination: str, consumer: str, min_idle: float, count: int
     ) -> list[Record]:
+        # Not the messages parked for retry: idle by design, and the holder of the retry
+        # lease may be sending them right now.
         return self._take_pending(
-            destination, consumer, "p.delivered_at <= ?", (time.time() - min_idle,), count
+            destination,
+            consumer,
+            "p.delivered_at <= ? AND p.consumer != ?",
+            (time.time() - min_idle, RETRY_CONSUMER),
+            count,
         )
 
     def read_retry(self, destination: str, count: int) -> list[Record]:
