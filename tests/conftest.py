@@ -34,7 +34,9 @@ def redis_url() -> str:
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
     except redis.RedisError as exc:  # CI starts Redis; a missing one is a failure, not a skip
-        pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}. Run `bash .ci/ensure-services`.")
+        pytest.fail(
+            f"Redis is not reachable at {REDIS_URL}: {exc}. Run `bash .ci/ensure-services`."
+        )
     return REDIS_URL
 
 

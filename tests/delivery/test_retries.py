@@ -1,0 +1,208 @@
+"""Delivery under failure (SPEC §5): what is retried, how, and what is dead-lettered."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import io
+import json
+import time
+
+import pytest
+
+import segment_mw
+from segment_mw import cli
+
+from .conftest import message_ids, wait_until
+
+
+def hook(sink, **options):
+    return {"hook": {"type": "http", "url": f"{sink.url}/hook", **options}}
+
+
+def batch_ids(request) -> list[str]:
+    return [e["messageId"] for e in request.body["batch"]]
+
+
+def test_500_then_success_same_message_ids_fresh_sent_at_and_retry_count(setup, sink, worker):
+    client = setup(DESTINATIONS=hook(sink))
+    sink.fail(500, times=1)
+    expected = [segment_mw.track("Retried", {"n": n}, user_id="u") for n in range(10)]
+    with worker():
+        wait_until(lambda: len(message_ids(sink)) >= 10, 15.0, "the retry to succeed")
+    failed, retried = sink.attempts[0], sink.requests[0]
+    assert sink.attempts.index(retried) > 0
+    assert batch_ids(failed) == batch_ids(retried) == expected
+    # The messages are the same bytes; only the envelope's sentAt is new.
+    assert failed.body["batch"] == retried.body["batch"]
+    first_sent = dt.datetime.fromisoformat(failed.body["sentAt"])
+    second_sent = dt.datetime.fromisoformat(retried.body["sentAt"])
+    assert second_sent > first_sent
+    assert "X-Retry-Count" not in failed.headers
+    assert retried.headers["X-Retry-Count"] == "1"
+    status = client.status().destinations["hook"]
+    assert status.delivered == 10
+    assert status.retrying == 0
+    assert status.dead == 0
+    assert status.last_error.startswith("HTTP 500")
+
+
+def test_429_retry_after_is_shared_by_every_worker(
+    fast_settings, setup, sink, worker, worker_process
+):
+    settings = {**fast_settings, "DESTINATIONS": hook(sink)}
+    client = setup(**settings)
+    other = worker_process(settings, pool="solo")
+    retry_after = 3.0
+    sink.fail(429, times=1, headers={"Retry-After": str(int(retry_after))})
+    other.wait_ready()
+    with worker():
+        ids = [segment_mw.track("Limited", {"n": 0}, user_id="u")]
+        wait_until(lambda: sink.attempts, 10.0, "the first (rate-limited) attempt")
+        limited_at = sink.attempts[0].at
+        # The back-off is stored in the queue, where every worker and the command line see it.
+        out = io.StringIO()
+        assert cli.main(["status", "--json"], client=client, stdout=out) == 0
+        backoff_until = json.loads(out.getvalue())["destinations"]["hook"]["backoff_until"]
+        assert backoff_until is not None
+        assert limited_at + retry_after - 0.5 <= backoff_until <= limited_at + retry_after + 5
+        # Keep traffic coming while it backs off: both workers get flushes to run.
+        while time.time() < limited_at + retry_after + 0.5:
+            ids.append(segment_mw.track("Limited", {"n": len(ids)}, user_id="u"))
+            time.sleep(0.1)
+        wait_until(lambda: set(message_ids(sink)) >= set(ids), 15.0, "delivery after the wait")
+    # Nobody, in either worker, knocked again before Retry-After had passed.
+    later = [a.at for a in sink.attempts[1:]]
+    assert later
+    assert min(later) >= limited_at + retry_after - 0.25, (limited_at, later)
+    assert sink.attempts[1].headers.get("X-Retry-Count") == "1"
+    assert other.output.count("Task segment_mw.flush") >= 1  # the other worker took part
+
+
+def test_hanging_destination_times_out_and_does_not_hold_up_another(setup, sinks, worker):
+    slow, fast = sinks(), sinks()
+    client = setup(
+        DESTINATIONS={
+            "slow": {"type": "http", "url": f"{slow.url}/slow", "timeout": 0.5},
+            "fast": {"type": "http", "url": f"{fast.url}/fast"},
+        }
+    )
+    slow.fail(500, times=2, delay=3.0)  # hangs past the timeout, twice
+    expected = [segment_mw.track("Hang", {"n": n}, user_id="u") for n in range(20)]
+    with worker():
+        wait_until(lambda: len(message_ids(fast)) >= 20, 10.0, "the fast destination")
+        assert message_ids(slow) == []  # still hanging and retrying meanwhile
+        status = client.status().destinations["slow"]
+        assert "timeout" in (status.last_error or "")
+        wait_until(lambda: len(message_ids(slow)) >= 20, 20.0, "the slow destination")
+    assert sorted(message_ids(fast)) == sorted(expected)
+    assert sorted(set(message_ids(slow))) == sorted(expected)
+    assert len(slow.attempts) >= 3
+    assert slow.requests[-1].headers.get("X-Retry-Count") == "2"
+
+
+def test_one_poison_event_is_dead_lettered_alone(setup, sink, worker):
+    client = setup(DESTINATIONS=hook(sink))
+    sink.reject_when = lambda event: event.get("event") == "Poison"
+    good, poison = [], None
+    for n in range(20):
+        if n == 13:
+            poison = segment_mw.track("Poison", {"n": n}, user_id="u")
+        else:
+            good.append(segment_mw.track("Fine", {"n": n}, user_id="u"))
+    with worker():
+        wait_until(lambda: client.status().destinations["hook"].dead == 1, 15.0, "the dead letter")
+        wait_until(lambda: len(message_ids(sink)) >= 19, 10.0, "the good events")
+    got = message_ids(sink)
+    assert sorted(got) == sorted(good)  # every good event, once
+    assert poison not in got
+    status = client.status().destinations["hook"]
+    assert (status.delivered, status.dead, status.retrying) == (19, 1, 0)
+    assert status.last_error.startswith("HTTP 400")
+    # Rejected batches are split, never retried as they were: no back-off either.
+    assert status.backoff_until is None
+    assert all("X-Retry-Count" not in a.headers for a in sink.attempts)
+
+
+@pytest.mark.parametrize("code", [401, 403])
+def test_auth_failure_dead_letters_without_retrying(code, setup, sink, worker):
+    client = setup(
+        DESTINATIONS={"Segment": {"type": "segment", "write_key": "wk_bad", "host": sink.url}}
+    )
+    sink.fail(code, times=1)
+    rejected = [segment_mw.track("Denied", {"n": n}, user_id="u") for n in range(10)]
+    with worker():
+        wait_until(lambda: client.status().destinations["Segment"].dead == 10, 15.0, "dead letters")
+        later = [segment_mw.track("Allowed", {"n": n}, user_id="u") for n in range(5)]
+        wait_until(lambda: len(message_ids(sink)) >= 5, 10.0, "the next events")
+    assert batch_ids(sink.attempts[0]) == rejected
+    assert sorted(message_ids(sink)) == sorted(later)  # the rejected ones were not retried
+    status = client.status().destinations["Segment"]
+    assert (status.delivered, status.dead, status.retrying) == (5, 10, 0)
+    assert status.last_error.startswith(f"HTTP {code}")
+
+
+def test_retry_budget_exhausted_dead_letters_then_replay_delivers_once(
+    setup, sink, worker, celery_app
+):
+    client = setup(DESTINATIONS=hook(sink), RETRY_BUDGET=1.0)
+    sink.fail(500, times=10_000)
+    with worker():
+        first = [segment_mw.track("Budget", {"n": n}, user_id="u") for n in range(10)]
+        wait_until(lambda: client.status().destinations["hook"].dead == 10, 15.0, "dead letters")
+    assert len(sink.attempts) >= 2  # retried before giving up
+    status = client.status().destinations["hook"]
+    assert "retry budget exhausted" in status.last_error
+    assert (status.delivered, status.retrying, status.queued) == (0, 0, 0)
+
+    # The destination is back; the command line puts the dead letters back and delivers.
+    with sink.lock:
+        sink.failures.clear()
+    out = io.StringIO()
+    assert cli.main(["replay", "--destination", "hook"], client=client, stdout=out) == 0
+    assert "hook: 10 dead letter(s) put back" in out.getvalue()
+    assert sorted(message_ids(sink)) == sorted(first)
+    status = client.status().destinations["hook"]
+    assert (status.delivered, status.dead) == (10, 0)
+
+    # Again, replayed by the Celery task this time.
+    sink.fail(500, times=10_000)
+    second = [segment_mw.track("Budget Again", {"n": n}, user_id="u") for n in range(10)]
+    with worker():
+        wait_until(lambda: client.status().destinations["hook"].dead == 10, 15.0, "dead letters")
+        with sink.lock:
+            sink.failures.clear()
+        celery_app.send_task("segment_mw.replay", kwargs={"destination": "hook"})
+        wait_until(lambda: len(message_ids(sink)) >= 20, 15.0, "the replayed events")
+        wait_until(lambda: client.status().depth == 0, 10.0, "the queue to drain")
+    counts = collections.Counter(message_ids(sink))
+    assert sorted(counts) == sorted(first + second)
+    assert set(counts.values()) == {1}  # delivered once more, not twice
+    status = client.status().destinations["hook"]
+    assert (status.delivered, status.dead) == (20, 0)
+
+
+@pytest.mark.parametrize("backend", ["redis", "sqlite"])
+def test_parked_retries_are_not_claimed_as_orphans(backend, fast_settings, sink, tmp_path):
+    """While one worker retries a parked batch, another's flush must not send it as well."""
+    settings = {**fast_settings, "CLAIM_IDLE": 0.2, "IN_PROCESS_FLUSHER": False}
+    if backend == "sqlite":
+        settings["QUEUE_URL"] = f"sqlite:///{tmp_path / 'q.sqlite3'}"
+    client = segment_mw.configure({**settings, "DESTINATIONS": hook(sink)})
+    sink.fail(500, times=1)
+    ids = [segment_mw.track("Parked", {"n": n}, user_id="u") for n in range(3)]
+    client.producer.drain()
+    report = client.deliverer.flush_destination("hook")
+    assert report.retry_at is not None
+    assert client.status().destinations["hook"].retrying == 3
+    # Past the back-off and idle past CLAIM_IDLE; another worker holds the retry lease.
+    wait_until(lambda: time.time() > report.retry_at + 0.3, 5.0, "the back-off to pass")
+    assert client.queue.acquire("retry:hook", 30)
+    report = client.deliverer.flush_destination("hook")
+    assert report.delivered == 0
+    assert message_ids(sink) == []
+    assert client.status().destinations["hook"].retrying == 3
+    client.queue.release("retry:hook")
+    client.deliverer.flush_destination("hook")
+    assert message_ids(sink) == ids
+    assert sink.requests[0].headers["X-Retry-Count"] == "1"
