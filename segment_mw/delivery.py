@@ -117,7 +117,9 @@ class Deliverer:
             try:
                 while time.monotonic() < deadline:
                     records = queue.read_retry(name, count)
-                    if not records or not self._deliver(dest, records, backoff, report):
+                    if not records or not self._deliver(
+                        dest, records, backoff, report, attempt=backoff.attempts
+                    ):
                         break
             finally:
                 queue.release(lease)
@@ -134,7 +136,7 @@ class Deliverer:
                     records = read()
                     if not records:
                         break
-                    if not self._deliver(dest, records, backoff, report):
+                    if not self._deliver(dest, records, backoff, report, attempt=0):
                         break
         if report.retry_at is None and backoff.attempts and retried:
             # Only the flush that retried the parked messages may reset the back-off: while
@@ -150,13 +152,25 @@ class Deliverer:
         return report
 
     def _deliver(
-        self, dest: Destination, records: Sequence[Record], backoff: Backoff, report: FlushReport
+        self,
+        dest: Destination,
+        records: Sequence[Record],
+        backoff: Backoff,
+        report: FlushReport,
+        *,
+        attempt: int,
     ) -> bool:
-        """Deliver what is routed to ``dest``; False when the destination began backing off."""
+        """Deliver what is routed to ``dest``; False when the destination began backing off.
+
+        ``attempt`` is how many times these messages were tried before (``X-Retry-Count``).
+        """
         name, queue = dest.name, self.queue
         mine: list[Record] = []
         skipped: list[str] = []
         for record in records:
+            if record.only is None and record.integrations is None:  # the common case
+                mine.append(record)
+                continue
             if record.only is not None:  # a replayed copy is for one destination alone
                 routed = record.only == name
             else:
@@ -175,7 +189,7 @@ class Deliverer:
         )
         while todo:
             batch = todo.pop(0)
-            outcome = dest.send([r.body for r in batch], attempt=backoff.attempts)
+            outcome = dest.send([r.body for r in batch], attempt=attempt)
             if outcome.ok:
                 queue.ack(name, [r.id for r in batch], delivered=len(batch))
                 report.delivered += len(batch)

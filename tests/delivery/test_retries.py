@@ -206,3 +206,18 @@ def test_parked_retries_are_not_claimed_as_orphans(backend, fast_settings, sink,
     client.deliverer.flush_destination("hook")
     assert message_ids(sink) == ids
     assert sink.requests[0].headers["X-Retry-Count"] == "1"
+
+
+def test_only_retried_messages_carry_x_retry_count(configure, sink):
+    client = configure(DESTINATIONS=hook(sink), IN_PROCESS_FLUSHER=False)
+    sink.fail(500, times=1)
+    first = segment_mw.track("Parked", user_id="u")
+    report = client.deliverer.flush_destination("hook")
+    assert report.retry_at is not None
+    second = segment_mw.track("Fresh", user_id="u")
+    client.producer.drain()
+    wait_until(lambda: time.time() >= report.retry_at, 70.0, "the back-off to end")
+    client.deliverer.flush_destination("hook")
+    by_id = {batch_ids(r)[0]: r for r in sink.requests}
+    assert by_id[first].headers["X-Retry-Count"] == "1"
+    assert "X-Retry-Count" not in by_id[second].headers
