@@ -36,6 +36,10 @@ def build_parser(prog: str = "segment-mw") -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="put dead letters back into delivery")
     replay.add_argument("--destination", metavar="NAME", help="only this destination")
     replay.add_argument("--timeout", type=float, default=60.0, help="seconds to deliver them")
+    forget = sub.add_parser(
+        "forget", help="drop the queue's state for a destination removed from the settings"
+    )
+    forget.add_argument("destination", metavar="NAME")
     return parser
 
 
@@ -60,6 +64,11 @@ def format_status(status: QueueStatus, queue: str) -> str:
         lines.append(f"counters: {counters}")
     if not status.destinations:
         lines.append("no destinations configured")
+    for name in status.unconfigured:
+        lines.append(
+            f"{name}: not in the settings any more, but the queue keeps messages for it "
+            f"(segment-mw forget {name})"
+        )
     now = time.time()
     for name, dest in status.destinations.items():
         lines.append(
@@ -107,6 +116,10 @@ def main(
             done = client.flush(args.timeout)
             out.write(format_status(client.status(), _describe(client)) + "\n")
             return 0 if done else 1
+        if args.command == "forget":
+            client.forget(args.destination)
+            out.write(f"{args.destination}: forgotten\n")
+            return 0
         if args.command == "replay":
             moved = client.replay(args.destination)
             for name, count in moved.items():

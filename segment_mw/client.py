@@ -17,6 +17,7 @@ from typing import Any
 from . import metrics
 from .config import Settings, load_settings
 from .delivery import Deliverer
+from .errors import ConfigurationError
 from .events import Entry
 from .flusher import InProcessFlusher
 from .producer import Producer
@@ -176,7 +177,18 @@ class Client:
         )
 
     def status(self) -> QueueStatus:
-        return self.queue.status(self.settings.destination_names)
+        names = self.settings.destination_names
+        status = self.queue.status(names)
+        status.unconfigured = [n for n in self.queue.known_destinations() if n not in names]
+        return status
+
+    def forget(self, destination: str) -> None:
+        """Drop what the queue keeps for a destination that was removed from the settings."""
+        if destination in self.settings.destination_names:
+            raise ConfigurationError(
+                f"DESTINATIONS: {destination!r} is still configured; remove it first"
+            )
+        self.queue.forget(destination)
 
     def replay(self, destination: str | None = None) -> dict[str, int]:
         names = [destination] if destination else list(self.settings.destination_names)

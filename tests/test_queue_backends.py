@@ -159,6 +159,21 @@ def test_ack_and_trim_free_storage_only_when_every_destination_is_done(q: Queue)
     assert bodies(q.read_new("A", "c1", 10)) == [e.body for e in entries(2, tag="later")]
 
 
+def test_forgetting_a_removed_destination_lets_the_log_be_trimmed(q: Queue) -> None:
+    q.ensure_destinations(["kept", "removed"])
+    q.push(entries(2))
+    kept = q.read_new("kept", "c1", 10)
+    q.ack("kept", [r.id for r in kept], delivered=2)
+    q.trim()
+    assert stored(q) == 2  # "removed" has not read them
+    assert sorted(q.known_destinations()) == ["kept", "removed"]
+
+    q.forget("removed")
+    q.trim()
+    assert stored(q) == 0
+    assert q.known_destinations() == ["kept"]
+
+
 def test_an_unacknowledged_message_stays_pending_and_blocks_trimming(q: Queue) -> None:
     q.ensure_destinations(["A"])
     q.push(entries(3))

@@ -60,6 +60,9 @@ class QueueStatus:
     oldest_age: float | None
     destinations: dict[str, DestinationStatus] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    # Destinations the queue keeps a cursor for that the settings no longer name: their
+    # cursor holds the log back from trimming until ``segment-mw forget`` drops it.
+    unconfigured: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +70,7 @@ class QueueStatus:
             "oldest_age": self.oldest_age,
             "destinations": {n: d.as_dict() for n, d in self.destinations.items()},
             "counters": dict(self.counters),
+            "unconfigured": list(self.unconfigured),
         }
 
 
@@ -152,6 +156,14 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     def status(self, destinations: Sequence[str]) -> QueueStatus: ...
+
+    @abc.abstractmethod
+    def known_destinations(self) -> list[str]:
+        """Every destination the queue keeps a cursor for."""
+
+    @abc.abstractmethod
+    def forget(self, destination: str) -> None:
+        """Drop a destination's cursor, pending messages, dead letters and counters."""
 
     @abc.abstractmethod
     def add_counts(self, counts: dict[str, int]) -> None:

@@ -10,6 +10,7 @@ no client-side retry loop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import types
@@ -418,6 +419,22 @@ class RedisQueue(Queue):
 
     def release(self, name: str) -> None:
         self.client.delete(self._key("lease", name))
+
+    def known_destinations(self) -> list[str]:
+        try:
+            return [_text(g["name"]) for g in self.client.xinfo_groups(self.stream)]
+        except redis.ResponseError:  # no stream yet
+            return []
+
+    def forget(self, destination: str) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xgroup_destroy(self.stream, destination)
+        for kind in ("dead", "stats", "backoff"):
+            pipe.delete(self._key(kind, destination))
+        # MULTI runs the deletes even when the stream (so the group) does not exist.
+        with contextlib.suppress(redis.ResponseError):
+            pipe.execute()
+        self._known_groups.discard(destination)
 
     def add_counts(self, counts: dict[str, int]) -> None:
         pipe = self.client.pipeline(transaction=False)

@@ -334,6 +334,14 @@ class SQLiteQueue(Queue):
                 list(counts.items()),
             )
 
+    def known_destinations(self) -> list[str]:
+        return [row[0] for row in self._q("SELECT destination FROM {p}cursor ORDER BY 1")]
+
+    def forget(self, destination: str) -> None:
+        with self._tx() as conn:
+            for table in ("cursor", "pending", "dead", "state"):
+                conn.execute(f"DELETE FROM {self.t}{table} WHERE destination = ?", (destination,))
+
     def get_counts(self) -> dict[str, int]:
         return dict(self._q("SELECT name, value FROM {p}counts"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import segment_mw
+from segment_mw import cli
 
 from .conftest import child_env, message_ids
 
@@ -107,3 +109,24 @@ def test_status_shows_depth_age_and_each_destination_without_secrets(
     # Where the queue is, without credentials.
     where = f"queue: {settings['QUEUE_URL']} (prefix {settings['QUEUE_PREFIX']})"
     assert text.startswith(where + "\n"), text
+
+
+def test_status_names_a_removed_destination_and_forget_drops_it(configure, tmp_path):
+    archive = {"type": "jsonl", "path": str(tmp_path / "a.jsonl")}
+    old = {"archive": archive, "legacy": {"type": "log"}}
+    url = f"sqlite:///{tmp_path / 'q.sqlite3'}"
+    client = configure(QUEUE_URL=url, DESTINATIONS=old, IN_PROCESS_FLUSHER=False)
+    segment_mw.track("Kept", user_id="u")
+    client.flush(5)
+
+    client = configure(QUEUE_URL=url, DESTINATIONS={"archive": archive}, IN_PROCESS_FLUSHER=False)
+    out = io.StringIO()
+    assert cli.main(["status", "--json"], client=client, stdout=out) == 0
+    assert json.loads(out.getvalue())["unconfigured"] == ["legacy"]
+    out = io.StringIO()
+    cli.main(["status"], client=client, stdout=out)
+    assert "segment-mw forget legacy" in out.getvalue()
+
+    assert cli.main(["forget", "archive"], client=client, stdout=io.StringIO()) == 2
+    assert cli.main(["forget", "legacy"], client=client, stdout=io.StringIO()) == 0
+    assert client.status().unconfigured == []
