@@ -30,13 +30,12 @@ def emit(
     durable: bool = True,
 ) -> str:
     """Build, serialise and queue one message; the shared path of every call."""
-    client = get_client()
     current = scope_mod.current()
     if current is not None and current.opted_out and current.anonymous_id is None:
         # No anonymous id is minted for a visitor who opted out; the message is built
         # only to check the caller's arguments (it is never queued), so lend it one.
         anonymous_id = anonymous_id or "opted-out"
-    entry = events.build(
+    entry = build_message(
         type_,
         fields,
         user_id=user_id,
@@ -45,15 +44,25 @@ def emit(
         integrations=integrations,
         timestamp=timestamp,
         message_id=message_id,
-        default_integrations=client.settings.integrations,
     )
     if current is not None and current.opted_out:
         metrics.count("opted_out")
         return entry.message_id  # the user opted out of tracking: build, but never queue
-    client.emit(entry, durable=durable)
+    queue_message(entry, current, durable=durable)
+    return entry.message_id
+
+
+def build_message(type_: str, fields: Mapping[str, Any], **options: Any) -> events.Entry:
+    """A serialised message with the configured default integrations merged in."""
+    default = get_client().settings.integrations
+    return events.build(type_, fields, default_integrations=default, **options)
+
+
+def queue_message(entry: events.Entry, current: scope_mod.Scope | None, *, durable: bool) -> None:
+    """Hand a built message to the queue, counting it against the scope it was made in."""
+    get_client().emit(entry, durable=durable)
     if current is not None:
         current.emitted += 1
-    return entry.message_id
 
 
 def track(

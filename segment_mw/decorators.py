@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
-from . import events, metrics
+from . import api, events, metrics
 from . import scope as scope_mod
 from .client import get_client
 from .errors import InvalidEvent
@@ -231,20 +231,19 @@ class _Spec:
                 self.event,
             )
             return
-        client = get_client()
-        entry = events.build(
+        entry = api.build_message(
             "track",
             events.track_fields(self.event, props),
             user_id=uid,
             anonymous_id=aid,
             context=self.context,
             integrations=self.integrations,
-            default_integrations=client.settings.integrations,
         )
-        on_commit = client.settings.on_commit if self.on_commit is None else self.on_commit
+        settings = get_client().settings
+        on_commit = settings.on_commit if self.on_commit is None else self.on_commit
         if not failed and on_commit and _defer_to_commit(entry, current, self.using):
             return
-        _queue(entry, current)
+        api.queue_message(entry, current, durable=True)
 
     def _properties(
         self, result: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -284,16 +283,10 @@ def _is_control_flow(exc: BaseException) -> bool:
     return isinstance(exc, tuple(k for k in kinds if isinstance(k, type)))
 
 
-def _queue(entry: events.Entry, current: scope_mod.Scope | None) -> None:
-    get_client().emit(entry, durable=True)
-    if current is not None:
-        current.emitted += 1
-
-
 def _queue_after_commit(entry: events.Entry, current: scope_mod.Scope | None) -> None:
     # Runs inside Django's commit: an exception here would reach the code that committed.
     try:
-        _queue(entry, current)
+        api.queue_message(entry, current, durable=True)
     except Exception:
         metrics.count("tracked_error")
         log.warning("tracked event could not be queued after commit", exc_info=True)

@@ -133,9 +133,10 @@ class Sink:
 
 
 @contextmanager
-def running_sink() -> Iterator[Sink]:
+def running_sink(port: int = 0) -> Iterator[Sink]:
+    """A sink on 127.0.0.1 (on ``port``, for a destination that comes back where it was)."""
     sink = Sink()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), sink.handler())
+    server = ThreadingHTTPServer(("127.0.0.1", port), sink.handler())
     server.daemon_threads = True
     sink.server = server
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -17,7 +17,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -89,22 +88,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def sink_on_port(port: int) -> Iterator[Sink]:
+def sink_on_port(port: int) -> contextlib.AbstractContextManager[Sink]:
     """A sink listening on a given port (a destination that comes back where it was)."""
-    import threading
-
-    sink = Sink()
-    server = ThreadingHTTPServer(("127.0.0.1", port), sink.handler())
-    server.daemon_threads = True
-    sink.server = server
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield sink
-    finally:
-        server.shutdown()
-        server.server_close()
+    return running_sink(port)
 
 
 @pytest.fixture
