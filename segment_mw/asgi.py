@@ -31,7 +31,13 @@ from .capture import (
 from .client import get_client
 from .config import Settings
 from .errors import ConfigurationError
-from .pageviews import emit_pageview, extract_title, skip_reason, view_options
+from .pageviews import (
+    emit_pageview,
+    extract_title,
+    is_excluded_path,
+    skip_reason,
+    view_options,
+)
 
 __all__ = ["SegmentMiddleware", "request_info", "user_id_from_scope"]
 
@@ -337,6 +343,9 @@ class _Exchange:
             and not rc.is_bot
             and not has_cookie
             and ANONYMOUS_ID_COOKIE not in self.info.cookies
+            # Assets and health checks: a per-visitor cookie there could end up in a
+            # shared cache and hand one id to many visitors.
+            and not is_excluded_path(self.info.path, settings, self.middleware.exclude_paths)
         ):
             cookie = anonymous_id_cookie(rc.anonymous_id, settings)
             # A new message and list: the app's own may be reused across requests.

@@ -80,6 +80,12 @@ def _excluded(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
 
 
+def is_excluded_path(path: str, settings: Settings, extra: tuple[str, ...] = ()) -> bool:
+    """Whether ``path`` matches ``PAGEVIEWS.EXCLUDE_PATHS`` (or the adapter's extras)."""
+    pattern = _excluded(tuple(settings.pageviews["EXCLUDE_PATHS"]) + extra)
+    return pattern is not None and pattern.search(path) is not None
+
+
 def skip_reason(
     info: RequestInfo,
     rc: RequestContext,
@@ -115,8 +121,7 @@ def skip_reason(
         return "prefetch"
     if headers.get("x-requested-with", "").lower() == "xmlhttprequest":
         return "XHR"
-    pattern = _excluded(tuple(pv["EXCLUDE_PATHS"]) + extra_excluded)
-    if pattern is not None and pattern.search(info.path):
+    if is_excluded_path(info.path, settings, extra_excluded):
         return "excluded path"
     if pv["EXCLUDE_BOTS"] and rc.is_bot:
         return "bot"

@@ -121,6 +121,15 @@ def test_no_cookie_when_set_cookie_is_off(configure, segment_events):
     assert segment_events.of_type("page")[0]["anonymousId"]  # still identified
 
 
+def test_no_cookie_on_excluded_paths(configure, segment_events):
+    configure(PAGEVIEWS={"EXCLUDE_PATHS": [r"^/track$"]})
+    app = make_app(exclude_paths=(r"^/cookies$",))
+    assert "set-cookie" not in get(app, "/track").headers
+    cookies = get(app, "/cookies").headers.get_list("set-cookie")
+    assert [c.split("=", 1)[0] for c in cookies] == ["sessionid"]
+    assert COOKIE.fullmatch(get(app, "/").headers["set-cookie"])
+
+
 def test_the_app_cookies_are_kept(segment_events):
     cookies = get(make_app(), "/cookies").headers.get_list("set-cookie")
     assert len(cookies) == 2
