@@ -101,12 +101,14 @@ class Client:
         if self._producer is None:
             with self._lock:
                 if self._producer is None:
-                    self._producer = Producer(
+                    producer = Producer(
                         self.writer_queue,
                         self.settings,
                         self._kick,
                         direct_queue=self.push_queue,
                     )
+                    producer.kick_available = self.can_kick
+                    self._producer = producer
         return self._producer
 
     @property
@@ -117,6 +119,10 @@ class Client:
                 if self._deliverer is None:
                     self._deliverer = Deliverer(self.settings, self.queue)
         return self._deliverer
+
+    def can_kick(self) -> bool:
+        """Whether this process can request a flush (Celery installed, or in-process)."""
+        return self.on_kick is not None or self.settings.in_process_flusher
 
     def _kick(self) -> None:
         if self.on_kick is not None:

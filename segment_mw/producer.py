@@ -51,6 +51,9 @@ class Producer:
         # writes from the request itself use ``direct_queue``, with ENQUEUE_TIMEOUT.
         self.queue = queue
         self.direct_queue = direct_queue or queue
+        # Whether a flush can be requested from this process now (Celery installed, or
+        # the in-process flusher); the client decides, and it may change after start.
+        self.kick_available: Callable[[], bool] = lambda: True
         self.settings = settings
         self.on_kick = on_kick
         self._pid = -1
@@ -66,6 +69,7 @@ class Producer:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._ensured: set[int] = set()
 
     # -- request path ------------------------------------------------------------------
     def submit(self, entry: Entry, *, durable: bool = False) -> None:
@@ -73,6 +77,7 @@ class Producer:
             self._reset()
         if durable:
             try:
+                self._ensure_destinations(self.direct_queue)
                 self.direct_queue.push([entry])
             except Exception as exc:
                 metrics.count("spilled")
@@ -138,10 +143,18 @@ class Producer:
                     if self._stopping:
                         return
                     continue
-            failures = 0
             if self._kick_wanted and not self._buf:
                 self._kick_wanted = False
-                self._kick()
+                if not self._kick():
+                    failures += 1
+                    # The queue did not answer the lease: wait as for a failed push,
+                    # never spin (the app's threads need the GIL).
+                    self._wake.wait(min(0.05 * 2**failures, 2.0))
+                    self._wake.clear()
+                    if self._stopping:
+                        return
+                    continue
+            failures = 0
 
     def _gather(self, pushed_at: float) -> None:
         """While busy, push at most once per ``BUFFER_MAX_DELAY``: many messages a round trip.
@@ -160,10 +173,11 @@ class Producer:
         # From the writer thread, and where the queue can, the kick's lease is tried in the
         # push's own round trip (one round trip instead of two).
         push_and_acquire = (
-            getattr(self.queue, "push_and_acquire", None) if kick and self.on_kick else None
+            getattr(self.queue, "push_and_acquire", None) if kick and self._can_kick() else None
         )
         leased: bool | None = None
         try:
+            self._ensure_destinations(self.queue)
             if push_and_acquire is not None:
                 leased = bool(push_and_acquire(chunk, KICK_LEASE, KICK_TTL))
             else:
@@ -198,16 +212,35 @@ class Producer:
         except Exception:
             metrics.restore_unreported(pending)
 
-    def _kick(self) -> None:
-        if self.on_kick is None:
-            return
+    def _kick(self) -> bool:
+        """Request a flush unless one is on its way; False when the queue did not answer."""
+        if not self._can_kick():
+            return True
         try:
             if not self.queue.acquire(KICK_LEASE, KICK_TTL):
-                return  # a flush is already on its way and will see these messages
+                return True  # a flush is already on its way and will see these messages
         except Exception:
             self._kick_wanted = True
-            return
+            return False
         self._request_flush()
+        return True
+
+    def _ensure_destinations(self, queue: Queue) -> None:
+        """Once per process and queue: a cursor for every configured destination.
+
+        Consumers create them too, but a producer must not rely on that: a destination
+        added in a deploy whose web processes start before its workers would otherwise
+        have no cursor while an old worker trims the log past what it has not read.
+        """
+        key = id(queue)
+        if key not in self._ensured:
+            queue.ensure_destinations(list(self.settings.destination_names))
+            self._ensured.add(key)
+
+    def _can_kick(self) -> bool:
+        # Only take the shared lease when this process can act on it: a lease held by a
+        # process with no way to request a flush would mute every other process's kicks.
+        return self.on_kick is not None and self.kick_available()
 
     def _request_flush(self) -> None:
         """With the kick lease held: ask for a flush; give the lease back if that fails."""

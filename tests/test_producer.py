@@ -1,0 +1,76 @@
+"""The producer's hand-off: what it asks of the queue, and what it never does."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import segment_mw
+from segment_mw.delivery import Deliverer
+from segment_mw.producer import Producer
+from segment_mw.queue import open_queue
+
+
+def test_a_queue_that_fails_the_kick_lease_is_not_hammered(configure):
+    client = configure()
+    calls = []
+
+    class Unreachable:
+        def __getattr__(self, name):
+            return getattr(client.queue, name)
+
+        def acquire(self, name, ttl):
+            calls.append(name)
+            raise ConnectionError("queue down")
+
+    producer = Producer(Unreachable(), client.settings, on_kick=lambda: None)
+    producer._kick_wanted = True
+    producer._ensure_thread()
+    producer._wake.set()
+    time.sleep(1.0)
+    producer.close(timeout=0.5)
+    # Backing off (50 ms, 100 ms, ... 2 s): a handful of tries, never a busy loop.
+    assert 1 <= len(calls) <= 10
+
+
+def test_no_kick_lease_is_taken_by_a_process_that_cannot_request_a_flush(
+    configure, redis_settings, redis_client
+):
+    client = configure(**redis_settings, DESTINATIONS={"log": {"type": "log"}})
+    assert not client.can_kick()
+    segment_mw.page("Home", user_id="u")  # buffered: pushed by the writer thread
+    client.producer.drain()
+    time.sleep(0.1)
+    assert not redis_client.exists(f"{redis_settings['QUEUE_PREFIX']}:lease:kick")
+
+    kicks = threading.Event()
+    client.on_kick = kicks.set
+    segment_mw.page("Home", user_id="u")
+    assert kicks.wait(5)
+    assert redis_client.exists(f"{redis_settings['QUEUE_PREFIX']}:lease:kick")
+
+
+def test_producers_create_cursors_so_an_old_worker_cannot_trim_a_new_destination(
+    configure, redis_settings, tmp_path
+):
+    a = {"type": "jsonl", "path": str(tmp_path / "a.jsonl")}
+    b = {"type": "jsonl", "path": str(tmp_path / "b.jsonl")}
+    # The web processes run the new settings (destination B added) before any worker does.
+    client = configure(**redis_settings, DESTINATIONS={"A": a, "B": b})
+    ids = [segment_mw.track("Added", user_id="u") for _ in range(3)]
+    segment_mw.page("Buffered", user_id="u")
+    client.producer.drain()
+
+    # An old worker, configured with A only, delivers and trims.
+    old = Deliverer(
+        segment_mw.config.load_settings({**redis_settings, "DESTINATIONS": {"A": a}}),
+        open_queue(redis_settings["QUEUE_URL"], prefix=redis_settings["QUEUE_PREFIX"]),
+    )
+    old.flush_destination("A")
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 4
+
+    # The new worker still finds every message for B.
+    client.deliverer.flush_destination("B")
+    lines = (tmp_path / "b.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    assert all(i in "".join(lines) for i in ids)
