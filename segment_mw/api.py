@@ -12,7 +12,8 @@ from typing import Any
 
 from . import events, metrics
 from . import scope as scope_mod
-from .client import get_client
+from .client import Client, get_client
+from .errors import ConfigurationError
 
 Timestamp = dt.datetime | dt.date | str | None
 
@@ -54,13 +55,33 @@ def emit(
 
 def build_message(type_: str, fields: Mapping[str, Any], **options: Any) -> events.Entry:
     """A serialised message with the configured default integrations merged in."""
-    default = get_client().settings.integrations
+    client = usable_client()
+    default = client.settings.integrations if client is not None else None
     return events.build(type_, fields, default_integrations=default, **options)
+
+
+def usable_client() -> Client | None:
+    """The client, or None (logged and counted) when the settings cannot make one.
+
+    Broken settings are an operator's problem, reported by ``segment-mw status``, Django's
+    checks and this log; they never raise into the code that tracks.
+    """
+    try:
+        return get_client()
+    except ConfigurationError as exc:
+        metrics.count("misconfigured")
+        metrics.warn_once_per_interval(
+            "misconfigured", "segment_mw is misconfigured, message dropped: %s", exc
+        )
+        return None
 
 
 def queue_message(entry: events.Entry, current: scope_mod.Scope | None, *, durable: bool) -> None:
     """Hand a built message to the queue, counting it against the scope it was made in."""
-    get_client().emit(entry, durable=durable)
+    client = usable_client()
+    if client is None:
+        return
+    client.emit(entry, durable=durable)
     if current is not None:
         current.emitted += 1
 
@@ -222,4 +243,5 @@ def alias(
 
 def flush(timeout: float | None = None) -> bool:
     """Deliver everything queued now; True when nothing deliverable is left."""
-    return get_client().flush(timeout)
+    client = usable_client()
+    return client.flush(timeout) if client is not None else False

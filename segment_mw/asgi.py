@@ -340,12 +340,12 @@ class _Exchange:
             and rc.anonymous_id
             and settings.set_cookie
             and not rc.opted_out
-            and not rc.is_bot
             and not has_cookie
             and ANONYMOUS_ID_COOKIE not in self.info.cookies
             # Assets and health checks: a per-visitor cookie there could end up in a
             # shared cache and hand one id to many visitors.
             and not is_excluded_path(self.info.path, settings, self.middleware.exclude_paths)
+            and not rc.is_bot  # last: the costliest check
         ):
             cookie = anonymous_id_cookie(rc.anonymous_id, settings)
             # A new message and list: the app's own may be reused across requests.

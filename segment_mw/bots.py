@@ -10,10 +10,14 @@ from functools import lru_cache
 
 import crawleruseragents
 
+MAX_BROWSER_UA = 512
+
 
 @lru_cache(maxsize=16384)
 def is_bot(user_agent: str | None) -> bool:
     """True for crawlers, and for requests with no user agent at all (no browser sends none)."""
     if not user_agent or not user_agent.strip():
         return True
+    if len(user_agent) > MAX_BROWSER_UA:
+        return True  # no browser sends one this long; matching it would cost the most
     return bool(crawleruseragents.is_crawler(user_agent))

@@ -53,9 +53,15 @@ class RequestContext:
     scope: Scope
     anonymous_id: str | None
     new_anonymous_id: bool  # minted here: the response should set the cookie
-    is_bot: bool
     opted_out: bool
     page: dict[str, Any]
+    user_agent: str | None = None
+
+    @property
+    def is_bot(self) -> bool:
+        # Asked only when a pageview or a cookie is at stake: an unseen user agent costs
+        # a pass over the whole crawler list, which most requests never need.
+        return is_bot(self.user_agent)
 
 
 # -- identity ------------------------------------------------------------------------
@@ -368,7 +374,7 @@ def capture(info: RequestInfo, settings: Settings, *, user_id: str | None = None
         scope=scope,
         anonymous_id=anonymous_id,
         new_anonymous_id=minted,
-        is_bot=is_bot(ua),
         opted_out=opted_out,
         page=page,
+        user_agent=ua,
     )

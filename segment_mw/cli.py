@@ -13,10 +13,10 @@ import json
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import TextIO
 
 from .client import Client, configure
-from .config import import_string
+from .config import hide_password, import_string
 from .errors import ConfigurationError
 from .queue import QueueStatus
 
@@ -133,11 +133,8 @@ def main(
 
 
 def _describe(client: Client) -> str:
-    url: Any = client.settings.queue_url
-    scheme, _, rest = url.partition("://")
-    # Never print credentials that a Redis URL may carry.
-    host = rest.rsplit("@", 1)[-1]
-    return f"{scheme}://{host} (prefix {client.settings.queue_prefix})"
+    url = hide_password(client.settings.queue_url)  # never print the queue's credentials
+    return f"{url} (prefix {client.settings.queue_prefix})"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -112,15 +112,24 @@ def default_queue_url() -> str:
     return f"sqlite:///{Path(state) / 'segment_mw' / 'queue.sqlite3'}"
 
 
+_SECRET_QUERY = re.compile(r"((?:^|&)(?:password|passwd|pass|token|secret)=)[^&]*", re.IGNORECASE)
+
+
 def hide_password(url: Any) -> Any:
-    """``url`` with the password of its user-info replaced by ``***`` (for reprs and logs)."""
+    """``url`` with its password replaced by ``***`` (for reprs and logs).
+
+    Both places a Redis URL can carry one: the user-info (``redis://:pw@host``) and the
+    query string (``redis://host/0?password=pw``, which redis-py accepts too).
+    """
     if not isinstance(url, str):
         return url
     parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{parts.username or ''}:***@{netloc}").geturl()
+    if parts.password:
+        netloc = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
+    if parts.query:
+        parts = parts._replace(query=_SECRET_QUERY.sub(r"\1***", parts.query))
+    return parts.geturl()
 
 
 class _Redacted(dict[str, Any]):
@@ -289,11 +298,20 @@ def _patterns(value: Any) -> tuple[str, ...]:
 def _check_queue_url(url: Any) -> str:
     if not isinstance(url, str):
         raise ConfigurationError(f"QUEUE_URL: expected a string, got {url!r}")
-    scheme = urlsplit(url).scheme
-    if scheme not in ("redis", "rediss", "unix", "sqlite", "memory"):
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix", "sqlite", "memory"):
         raise ConfigurationError(
-            f"QUEUE_URL: unsupported scheme {scheme!r}; use redis://, sqlite:/// or memory://"
+            f"QUEUE_URL: unsupported scheme {parts.scheme!r}; use redis://, sqlite:/// or memory://"
         )
+    # Caught here, not by the first push: redis-py would refuse it on every event.
+    if parts.scheme in ("redis", "rediss") and not parts.hostname:
+        raise ConfigurationError("QUEUE_URL: a redis:// URL needs a host, as redis://host:6379/0")
+    if parts.scheme == "unix" and not parts.path:
+        raise ConfigurationError("QUEUE_URL: a unix:// URL needs a socket path")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigurationError(f"QUEUE_URL: invalid port in {hide_password(url)!r}") from None
     return url
 
 

@@ -21,7 +21,6 @@ from typing import Any, Literal, TypeVar, cast
 
 from . import api, events, metrics
 from . import scope as scope_mod
-from .client import get_client
 from .errors import InvalidEvent
 
 log = logging.getLogger("segment_mw.tracked")
@@ -239,7 +238,10 @@ class _Spec:
             context=self.context,
             integrations=self.integrations,
         )
-        settings = get_client().settings
+        client = api.usable_client()
+        if client is None:
+            return
+        settings = client.settings
         on_commit = settings.on_commit if self.on_commit is None else self.on_commit
         if not failed and on_commit and _defer_to_commit(entry, current, self.using):
             return

@@ -476,3 +476,42 @@ def test_segment_host_fills_in_but_does_not_override_an_explicit_host():
     )
     assert settings.destination("US").options["host"] == "https://proxy.example"
     assert settings.destination("EU").options["host"] == "https://events.eu1.segmentapis.com"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis:/x", "needs a host"),
+        ("redis://host:abc/0", "invalid port"),
+        ("unix://", "socket path"),
+    ],
+)
+def test_queue_urls_redis_would_refuse_are_refused_at_load(url, message):
+    with pytest.raises(ConfigurationError, match=message):
+        load_settings({"QUEUE_URL": url}, environ={})
+
+
+def test_a_password_in_the_queue_urls_query_string_is_hidden():
+    from segment_mw import cli
+
+    url = "redis://127.0.0.1:6379/9?password=s3cr3t&socket_timeout=1"
+    settings = load_settings({"QUEUE_URL": url}, environ={})
+    assert "s3cr3t" not in repr(settings)
+    described = cli._describe(segment_mw.client.Client(settings))
+    assert "s3cr3t" not in described
+    assert "password=***" in described
+
+
+def test_direct_calls_never_raise_for_broken_settings(monkeypatch, caplog):
+    from segment_mw import metrics
+    from segment_mw.client import reset_client
+
+    reset_client()
+    monkeypatch.setenv("SEGMENT_MW_QUEUE_URL", "amqp://elsewhere")
+    message_id = segment_mw.track("Order Completed", user_id="u")
+    assert message_id
+    assert segment_mw.flush(0.1) is False
+    assert metrics.counts()["misconfigured"] >= 2
+    assert "misconfigured" in caplog.text
+    with pytest.raises(segment_mw.InvalidEvent):  # the caller's own mistakes still raise
+        segment_mw.track("", user_id="u")

@@ -363,14 +363,16 @@ def _wants_cookie(
 ) -> bool:
     if not (rc.new_anonymous_id and settings.set_cookie):
         return False
-    if rc.opted_out or rc.is_bot:
+    if rc.opted_out:
         return False
     # Never overwrite: not one the browser sent (even one we could not read), nor one the
     # view set itself.
     if ANONYMOUS_ID_COOKIE in request.COOKIES or ANONYMOUS_ID_COOKIE in response.cookies:
         return False
     # Static and media files are often cached by shared caches: no per-visitor cookie there.
-    return static is None or not static.search(request.path)
+    if static is not None and static.search(request.path):
+        return False
+    return not rc.is_bot  # last: the costliest check
 
 
 class SegmentMiddleware:
