@@ -123,13 +123,14 @@ def hide_password(url: Any) -> Any:
     """
     if not isinstance(url, str):
         return url
-    parts = urlsplit(url)
+    parts = original = urlsplit(url)
     if parts.password:
         netloc = parts.netloc.rpartition("@")[2]
         parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
     if parts.query:
         parts = parts._replace(query=_SECRET_QUERY.sub(r"\1***", parts.query))
-    return parts.geturl()
+    # Rebuilt only when something was hidden: geturl() would shorten "memory://".
+    return url if parts == original else parts.geturl()
 
 
 class _Redacted(dict[str, Any]):
