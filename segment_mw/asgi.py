@@ -12,6 +12,7 @@ Starlette is never imported: any ASGI server and app will do.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import re
@@ -177,6 +178,34 @@ def _failed(kind: str) -> None:
     )
 
 
+SHUTDOWN_DRAIN_TIMEOUT = 2.0
+
+
+def _handing_over_at_shutdown(send: Send) -> Send:
+    """Push what the producer holds before the app reports its shutdown complete.
+
+    Servers such as uvicorn re-raise SIGTERM once the app has shut down, which ends the
+    process without running exit hooks: this is the last moment the buffer can go out.
+    The lifespan messages themselves pass through unchanged.
+    """
+
+    async def wrapped(message: Message) -> None:
+        if message.get("type") == "lifespan.shutdown.complete":
+            try:
+                producer = get_client().producer
+                try:
+                    asyncio.get_running_loop()
+                except RuntimeError:  # another event loop (trio): a short block at shutdown
+                    producer.drain(SHUTDOWN_DRAIN_TIMEOUT)
+                else:
+                    await asyncio.to_thread(producer.drain, SHUTDOWN_DRAIN_TIMEOUT)
+            except Exception:
+                _failed("shutdown_drain")
+        await send(message)
+
+    return wrapped
+
+
 class SegmentMiddleware:
     """Record pageviews and bind the request's Segment scope, for any ASGI app.
 
@@ -209,6 +238,9 @@ class SegmentMiddleware:
         self.exclude_paths = patterns
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, _handing_over_at_shutdown(send))
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
