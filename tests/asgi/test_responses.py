@@ -165,23 +165,53 @@ def test_the_lifespan_protocol_passes_through():
 @pytest.mark.parametrize("kind", ["lifespan", "websocket"])
 async def test_other_scopes_reach_the_app_untouched(kind):
     seen: list[Any] = []
+    sent: list[Any] = []
+    messages = [{"type": f"{kind}.startup.complete"}, {"type": f"{kind}.shutdown.complete"}]
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        seen.append((scope, receive, send))
+        seen.append((scope, receive))
+        for message in messages:
+            await send(message)
 
     async def receive() -> dict[str, Any]:
         return {"type": f"{kind}.startup"}
 
     async def send(message: Any) -> None:
-        pass
+        sent.append(message)
 
     scope = {"type": kind, "asgi": {"version": "3.0"}, "headers": [], "path": "/"}
     frozen = dict(scope)
     await SegmentMiddleware(app)(scope, receive, send)
-    assert seen == [(scope, receive, send)]
+    assert seen == [(scope, receive)]
     assert seen[0][1] is receive
-    assert seen[0][2] is send
+    # Lifespan's send is observed (to hand the buffer over at shutdown), never changed.
+    assert sent == messages
+    assert all(a is b for a, b in zip(sent, messages, strict=True))
     assert scope == frozen
+
+
+async def test_lifespan_shutdown_pushes_the_buffer_before_completing(configure, segment_events):
+    client = configure()
+    order: list[str] = []
+    real_drain = client.producer.drain
+
+    def drain(timeout: float = 2.0) -> bool:
+        order.append("drain")
+        return real_drain(timeout)
+
+    client.producer.drain = drain  # type: ignore[method-assign]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def send(message: Any) -> None:
+        order.append(message["type"])
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "lifespan.shutdown"}
+
+    await SegmentMiddleware(app)({"type": "lifespan"}, receive, send)
+    assert order == ["drain", "lifespan.shutdown.complete"]
 
 
 class Boom(Exception):
