@@ -14,7 +14,8 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .config import Settings
@@ -123,21 +124,15 @@ class Deliverer:
                         break
             finally:
                 queue.release(lease)
-        if report.retry_at is None:
-            readers: tuple[Callable[[], list[Record]], ...] = (
-                lambda: queue.claim_idle(name, consumer, settings.claim_idle, count),
-                lambda: queue.read_new(name, consumer, count),
-            )
-            for read in readers:
-                while report.retry_at is None:
-                    if time.monotonic() >= deadline:
-                        report.more = True
-                        break
-                    records = read()
-                    if not records:
-                        break
-                    if not self._deliver(dest, records, backoff, report, attempt=0):
-                        break
+        while report.retry_at is None:
+            if time.monotonic() >= deadline:
+                report.more = True
+                break
+            records = queue.claim_idle(name, consumer, settings.claim_idle, count)
+            if not records or not self._deliver(dest, records, backoff, report, attempt=0):
+                break
+        if report.retry_at is None and not report.more:
+            self._deliver_new(dest, consumer, deadline, backoff, report)
         if report.retry_at is None and backoff.attempts and retried:
             # Only the flush that retried the parked messages may reset the back-off: while
             # another one still has them in flight, their attempt count must stand.
@@ -150,6 +145,51 @@ class Deliverer:
         except Exception:  # trimming is housekeeping; the next flush does it again
             log.debug("trim failed", exc_info=True)
         return report
+
+    def _deliver_new(
+        self,
+        dest: Destination,
+        consumer: str,
+        deadline: float,
+        backoff: Backoff,
+        report: FlushReport,
+    ) -> None:
+        """Deliver new messages until none are left, the time is up or a back-off begins.
+
+        Where the queue allows it, the next batch is read while this one is being delivered,
+        so that the waits on the queue and on the destination overlap.
+        """
+        name, queue, count = dest.name, self.queue, self.settings.batch_max_events
+
+        def read() -> list[Record]:
+            return queue.read_new(name, consumer, count)
+
+        if not getattr(queue, "concurrent_reads", False):
+            while report.retry_at is None:
+                if time.monotonic() >= deadline:
+                    report.more = True
+                    return
+                records = read()
+                if not records or not self._deliver(dest, records, backoff, report, attempt=0):
+                    return
+            return
+        if time.monotonic() >= deadline:
+            report.more = True
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment_mw-read") as pool:
+            records = read()
+            while records:
+                ahead = pool.submit(read) if time.monotonic() < deadline else None
+                delivered = self._deliver(dest, records, backoff, report, attempt=0)
+                if ahead is None:
+                    report.more = True
+                    return
+                records = ahead.result()
+                if not delivered:
+                    # A back-off began: what was read meanwhile waits with the parked batch.
+                    if records:
+                        queue.hold_for_retry(name, [r.id for r in records])
+                    return
 
     def _deliver(
         self,

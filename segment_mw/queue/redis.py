@@ -96,6 +96,9 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 
 class RedisQueue(Queue):
     url_schemes = ("redis", "rediss", "unix")
+    # A read may run in another thread while this one acknowledges: redis-py's connection
+    # pool is thread-safe. The deliverer reads the next batch while it sends this one.
+    concurrent_reads = True
 
     def __init__(self, url: str, *, prefix: str = "segment_mw", timeout: float = 5.0) -> None:
         self.url = url

@@ -1,0 +1,243 @@
+"""Delivery throughput per worker process: segment_mw's Deliverer vs the official library.
+
+Both deliver the same number of small ``track`` events to the same local sink (an asyncio
+server in its own process, answering 200). The official library's ``Consumer`` thread
+drains its in-memory queue (filled before the clock starts); segment_mw's
+``Deliverer.flush_destination`` drains a Redis stream that was filled before the clock
+starts. A "floor" line times only XREADGROUP + joining the stored bytes + XACK. Each
+figure is the median of several runs; CPU time is this process's (all threads), the sink
+and Redis run in their own processes.
+
+    .venv/bin/python benchmarks/bench_delivery.py [--events 100000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import (
+    REDIS_URL,
+    WRITE_KEY,
+    delete_prefix,
+    environment,
+    median,
+    redis_client,
+    require_official,
+    running_sink,
+    table,
+    unique_prefix,
+)
+
+TARGET_RATIO = 5.0
+
+
+def event_properties(i: int) -> dict[str, object]:
+    return {"order_id": f"order-{i}", "revenue": 19.99, "currency": "USD"}
+
+
+# -- the official library ----------------------------------------------------------------
+
+
+def run_official(sink_url: str, n: int, upload_size: int) -> dict[str, float]:
+    from segment.analytics.client import Client
+    from segment.analytics.consumer import Consumer
+
+    # No consumer thread yet: fill the queue first, so only delivery is timed.
+    client = Client(WRITE_KEY, host=sink_url, max_queue_size=n + 1, thread=0)
+    client.consumers = []
+    for i in range(n):
+        ok, _ = client.track(
+            user_id=f"user-{i % 1000}", event="Order Completed", properties=event_properties(i)
+        )
+        assert ok
+    consumer = Consumer(client.queue, WRITE_KEY, host=sink_url, upload_size=upload_size)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    consumer.start()
+    client.queue.join()
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    consumer.pause()
+    consumer.join()
+    return {"wall": wall, "cpu": cpu}
+
+
+# -- segment_mw ----------------------------------------------------------------------------
+
+
+def fill_stream(prefix: str, n: int) -> int:
+    """Push ``n`` serialised track events into the stream (as the producer would)."""
+    from segment_mw.events import build, track_fields
+    from segment_mw.queue.redis import RedisQueue
+
+    queue = RedisQueue(REDIS_URL, prefix=prefix, timeout=10.0)
+    chunk = []
+    size = 0
+    for i in range(n):
+        entry = build(
+            "track",
+            track_fields("Order Completed", event_properties(i)),
+            user_id=f"user-{i % 1000}",
+            use_scope=False,
+        )
+        size += len(entry.body)
+        chunk.append(entry)
+        if len(chunk) == 1000:
+            queue.push(chunk)
+            chunk = []
+    queue.push(chunk)
+    queue.close()
+    return size // n
+
+
+def run_ours(sink_url: str, n: int) -> dict[str, float]:
+    from segment_mw.config import load_settings
+    from segment_mw.delivery import Deliverer
+    from segment_mw.queue.redis import RedisQueue
+
+    prefix = unique_prefix("delivery")
+    try:
+        settings = load_settings(
+            {
+                "QUEUE_URL": REDIS_URL,
+                "QUEUE_PREFIX": prefix,
+                "DESTINATIONS": {
+                    "Segment": {"type": "segment", "write_key": WRITE_KEY, "host": sink_url}
+                },
+            },
+            environ={},
+        )
+        queue = RedisQueue(REDIS_URL, prefix=prefix, timeout=10.0)
+        queue.ensure_destinations(["Segment"])
+        avg = fill_stream(prefix, n)
+        deliverer = Deliverer(settings, queue)
+        delivered = 0
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        while delivered < n:
+            report = deliverer.flush_destination("Segment")
+            if report.retry_at is not None or (report.delivered == 0 and not report.more):
+                raise RuntimeError(f"delivery stalled: {report}")
+            delivered += report.delivered
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        deliverer.close()
+        queue.close()
+        return {"wall": wall, "cpu": cpu, "event_bytes": avg}
+    finally:
+        delete_prefix(prefix)
+
+
+def run_floor(n: int, count: int) -> dict[str, float]:
+    """XREADGROUP + join + XACK alone: what the stream itself costs."""
+    import redis
+
+    prefix = unique_prefix("floor")
+    try:
+        fill_stream(prefix, n)
+        client = redis.Redis.from_url(REDIS_URL, protocol=2)
+        # The reply as hiredis parsed it: no per-message dict from redis-py.
+        client.set_response_callback("XREADGROUP", lambda response, **options: response)
+        stream = f"{prefix}:log"
+        client.xgroup_create(stream, "g", id="0")
+        done = 0
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        while True:
+            reply = client.xreadgroup("g", "c", {stream: ">"}, count=count)
+            if not reply:
+                break
+            rows = reply[0][1]
+            body = b",".join([fields[1] for _id, fields in rows])
+            assert body
+            client.xack(stream, "g", *[row[0] for row in rows])
+            done += len(rows)
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        assert done == n, done
+        client.close()
+        return {"wall": wall, "cpu": cpu}
+    finally:
+        delete_prefix(prefix)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--only", default="", help="comma-separated subset: official,official1000,ours,floor"
+    )
+    args = parser.parse_args()
+    n, runs = args.events, args.runs
+    logging.getLogger("segment").setLevel(logging.CRITICAL)
+    require_official()
+    redis_client()
+
+    print(f"bench_delivery: {n:,} small track events per run, median of {runs} runs")
+    print(environment())
+    results: dict[str, list[dict[str, float]]] = {}
+    labels = {
+        "official": "official library Consumer (upload_size=100, default)",
+        "official1000": "official library Consumer (upload_size=1000, tuned)",
+        "ours": "segment_mw Deliverer.flush_destination (Redis)",
+        "floor": "floor: XREADGROUP + join + XACK (2500/read)",
+    }
+    if args.only:
+        wanted = set(args.only.split(","))
+        labels = {k: v for k, v in labels.items() if k in wanted or k == "official"}
+    with running_sink() as sink:
+        for _ in range(runs):
+            for key in labels:
+                sink.reset()
+                if key == "official":
+                    result = run_official(sink.url, n, 100)
+                elif key == "official1000":
+                    result = run_official(sink.url, n, 1000)
+                elif key == "ours":
+                    result = run_ours(sink.url, n)
+                else:
+                    result = run_floor(n, 2500)
+                if key != "floor":
+                    got = sink.wait_for(n, timeout=10)
+                    if got["events"] != n:
+                        raise SystemExit(f"{key}: the sink received {got['events']} of {n} events")
+                    result["requests"] = got["requests"]
+                    result["bytes"] = got["bytes"]
+                results.setdefault(key, []).append(result)
+
+    base_rate = n / median([r["wall"] for r in results["official"]])
+    rows = []
+    for key, label in labels.items():
+        wall = median([r["wall"] for r in results[key]])
+        cpu = median([r["cpu"] for r in results[key]])
+        rate = n / wall
+        requests = results[key][0].get("requests")
+        rows.append(
+            [
+                label,
+                rate,
+                cpu * 100_000 / n,
+                f"{rate / base_rate:.1f}x",
+                f"{requests:,}" if requests else "-",
+            ]
+        )
+    print()
+    print(
+        table(
+            ["delivery", "events/s", "CPU-s per 100k", "vs official", "HTTP requests"],
+            rows,
+        )
+    )
+    ours = n / median([r["wall"] for r in results["ours"]])
+    ratio = ours / base_rate
+    print()
+    print(
+        f"target: segment_mw >= {TARGET_RATIO:.0f}x the official library per worker process "
+        f"-> {ratio:.1f}x: {'MET' if ratio >= TARGET_RATIO else 'NOT MET'}"
+    )
+    print(f"(mean serialised event: {int(results['ours'][0]['event_bytes'])} bytes)")
+
+
+if __name__ == "__main__":
+    main()
