@@ -70,8 +70,11 @@ def _text(value: Any) -> str:
 def _headers(raw: Iterable[Any]) -> dict[str, str]:
     headers: dict[str, str] = {}
     for name, value in raw:
-        key = _text(name).lower()
-        text = _text(value)
+        try:  # bytes, as servers send them: the per-request hot path
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+        except AttributeError:  # str or a buffer from an unusual server
+            key, text = _text(name).lower(), _text(value)
         if key in headers:
             # Repeated headers fold into one, as HTTP says, except cookies (RFC 6265).
             headers[key] += ("; " if key == "cookie" else ", ") + text

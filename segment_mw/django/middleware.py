@@ -46,12 +46,24 @@ _HIDDEN_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 _UNPREFIXED = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
 
 
-@lru_cache(maxsize=512)
+_META_KEYS: dict[str, str | None] = {}  # header name -> META key; a plain dict is cheapest
+_MAX_META_KEYS = 512
+
+
 def _meta_key(name: str) -> str | None:
-    name = name.lower()
-    if name in _HIDDEN_HEADERS:
-        return None
-    return _UNPREFIXED.get(name) or "HTTP_" + name.upper().replace("-", "_")
+    try:
+        return _META_KEYS[name]
+    except KeyError:
+        pass
+    lowered = name.lower()
+    key = (
+        None
+        if lowered in _HIDDEN_HEADERS
+        else _UNPREFIXED.get(lowered) or "HTTP_" + lowered.upper().replace("-", "_")
+    )
+    if len(_META_KEYS) < _MAX_META_KEYS:  # names come from our code and the app's: few
+        _META_KEYS[name] = key
+    return key
 
 
 class MetaHeaders(Mapping[str, str]):
@@ -63,7 +75,7 @@ class MetaHeaders(Mapping[str, str]):
         self._meta = meta
 
     def get(self, name: str, default: Any = None) -> Any:
-        key = _meta_key(name)
+        key = _META_KEYS.get(name) or _meta_key(name)
         value = self._meta.get(key) if key is not None else None
         return value if isinstance(value, str) else default
 
