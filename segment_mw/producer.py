@@ -33,7 +33,9 @@ log = logging.getLogger("segment_mw.producer")
 
 KICK_LEASE = "kick"
 KICK_TTL = 60.0  # a kick lost with its task is retried after this long
-PUSH_CHUNK = 1000
+# Large: under load the thread gets the GIL back only every few ms after each socket
+# call, so it must move many messages per round trip to keep up.
+PUSH_CHUNK = 5000
 EXIT_TIMEOUT = 2.0
 
 

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+
+# Imported now, not lazily by the first connect's getaddrinfo in the producer's thread,
+# where each file read waits for the GIL a busy web process rarely gives up.
+import encodings.idna  # noqa: F401
+import inspect
 import time
 import types
 from collections.abc import Callable, Sequence
@@ -76,6 +81,14 @@ def _record_factory() -> Callable[[str, bytes, bytes | None, str | None, float],
 _new_record = _record_factory()
 
 
+# How to turn CLIENT SETINFO off: redis-py 7+ takes driver_info, older ones lib_name/version.
+_NO_CLIENT_INFO: dict[str, None] = (
+    {"driver_info": None}
+    if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
+)
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -125,6 +138,10 @@ class RedisQueue(Queue):
                 retry_on_timeout=False,
                 health_check_interval=0,
                 protocol=2,
+                # No CLIENT SETINFO: it costs two round trips per connection, and finding
+                # redis-py's version scans site-packages, which a thread starved of the GIL
+                # by a busy web process can take seconds to get through.
+                **_NO_CLIENT_INFO,
             )
             # Stream reads come back as hiredis built them; _records decodes them in one
             # pass instead of redis-py building a dict per message first.
