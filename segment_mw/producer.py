@@ -138,25 +138,25 @@ class Producer:
                 self._gather(pushed_at)
                 pushed_at = time.monotonic()
                 if not self._push_some(kick=True):
-                    failures += 1
                     # Keep the messages, wait, try again: the queue may come back.
-                    self._wake.wait(min(0.05 * 2**failures, 2.0))
-                    self._wake.clear()
-                    if self._stopping:
+                    failures += 1
+                    if self._back_off(failures):
                         return
                     continue
             if self._kick_wanted and not self._buf:
                 self._kick_wanted = False
-                if not self._kick():
+                if not self._kick():  # the queue did not answer the lease
                     failures += 1
-                    # The queue did not answer the lease: wait as for a failed push,
-                    # never spin (the app's threads need the GIL).
-                    self._wake.wait(min(0.05 * 2**failures, 2.0))
-                    self._wake.clear()
-                    if self._stopping:
+                    if self._back_off(failures):
                         return
                     continue
             failures = 0
+
+    def _back_off(self, failures: int) -> bool:
+        """Wait after a failure (never spin: the app's threads need the GIL); True to stop."""
+        self._wake.wait(min(0.05 * 2**failures, 2.0))
+        self._wake.clear()
+        return self._stopping
 
     def _gather(self, pushed_at: float) -> None:
         """While busy, push at most once per ``BUFFER_MAX_DELAY``: many messages a round trip.
