@@ -22,7 +22,9 @@ from .queue import QueueStatus
 
 
 def build_parser(prog: str = "segment-mw") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Inspect and drive segment_mw's delivery queue."
+    )
     parser.add_argument(
         "--config",
         metavar="MODULE:ATTRIBUTE",
