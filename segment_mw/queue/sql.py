@@ -73,11 +73,19 @@ def _after_fork_in_child() -> None:
     _held_at_fork.clear()
 
 
-os.register_at_fork(
-    before=_before_fork,
-    after_in_parent=_after_fork_in_parent,
-    after_in_child=_after_fork_in_child,
-)
+_fork_hooks_installed = False
+
+
+def _install_fork_hooks() -> None:
+    """Register the fork hooks once, when the first SQLite queue opens (not at import)."""
+    global _fork_hooks_installed
+    if not _fork_hooks_installed:
+        _fork_hooks_installed = True
+        os.register_at_fork(
+            before=_before_fork,
+            after_in_parent=_after_fork_in_parent,
+            after_in_child=_after_fork_in_child,
+        )
 
 
 class SQLiteQueue(Queue):
@@ -95,6 +103,7 @@ class SQLiteQueue(Queue):
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        _install_fork_hooks()
         _open_queues.add(self)
 
     def __repr__(self) -> str:
