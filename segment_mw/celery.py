@@ -233,6 +233,9 @@ class Watchdog:
         for name, dest in client.status().destinations.items():
             if dest.queued and dest.backoff_until is None:
                 request_flush(name)
+        # Housekeeping that must not wait for traffic: dead letters past DEAD_LETTER_MAX_AGE,
+        # and a log no destination reads (a deployment with none configured).
+        client.queue.trim()
 
 
 _watchdog: Watchdog | None = None

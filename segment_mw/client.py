@@ -2,7 +2,9 @@
 
 ``configure()`` installs a client; every public call goes through the current one. Parts
 that hold connections or threads are created on first use and again in a forked child,
-so nothing needs special care under gunicorn, uWSGI or Celery prefork.
+so nothing needs special care under gunicorn, uWSGI or Celery prefork. A disabled client
+(``ENABLED: False`` or ``SEGMENT_MW_ENABLED=0``) hands events to its listeners (the test
+fixture) and counts them, but queues and sends nothing, and never opens the queue for it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .errors import ConfigurationError
 from .events import Entry
 from .flusher import InProcessFlusher
 from .producer import Producer
-from .queue import Queue, QueueStatus, open_queue
+from .queue import DeadLetterLimits, Queue, QueueStatus, open_queue
 
 log = logging.getLogger("segment_mw")
 
@@ -76,6 +78,10 @@ class Client:
                             self.settings.queue_url,
                             prefix=self.settings.queue_prefix,
                             timeout=timeout,
+                            dead_letters=DeadLetterLimits(
+                                self.settings.dead_letter_max_events,
+                                self.settings.dead_letter_max_age,
+                            ),
                         )
                     setattr(self, attr, found)
         return found
@@ -148,6 +154,10 @@ class Client:
                 listener(entry)
             except Exception:
                 log.exception("event listener failed")
+        if not self.settings.enabled:
+            metrics.count("disabled")
+            _log_disabled_once()
+            return
         try:
             producer = self.producer
             if self._flusher is None and self.on_kick is None and self.settings.in_process_flusher:
@@ -226,6 +236,17 @@ class Client:
 
 _client: Client | None = None
 _client_lock = threading.Lock()
+_disabled_logged = False
+
+
+def _log_disabled_once() -> None:
+    global _disabled_logged
+    if not _disabled_logged:
+        _disabled_logged = True
+        log.info(
+            "segment_mw is disabled (ENABLED: False or SEGMENT_MW_ENABLED=0): events are "
+            "checked, then counted as 'disabled'; nothing is queued or sent"
+        )
 
 
 def configure(settings: Mapping[str, Any] | None = None, **overrides: Any) -> Client:

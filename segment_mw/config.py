@@ -63,6 +63,7 @@ DEFAULT_PAGEVIEWS: dict[str, Any] = {
 }
 
 DEFAULTS: dict[str, Any] = {
+    "ENABLED": True,  # False: calls validate their arguments, nothing is queued or sent
     "QUEUE_URL": None,  # None: the embedded SQLite queue under the user's state directory
     "QUEUE_PREFIX": "segment_mw",
     "DESTINATIONS": {},
@@ -78,6 +79,9 @@ DEFAULTS: dict[str, Any] = {
     "COOKIE_SECURE": False,
     "SET_COOKIE": True,
     "RETRY_BUDGET": 6 * 3600.0,
+    # Per destination: what the newest dead letters may number, and how long one is kept.
+    "DEAD_LETTER_MAX_EVENTS": 100_000,
+    "DEAD_LETTER_MAX_AGE": 7 * 86400.0,
     "ENQUEUE_TIMEOUT": 0.01,
     "SPILL_MAX_EVENTS": 10_000,
     "BUFFER_MAX_DELAY": 0.005,
@@ -98,18 +102,55 @@ _NUMBER_KEYS = (
     "FLUSH_DELAY",
     "CLAIM_IDLE",
     "FLUSH_TIME_LIMIT",
+    "DEAD_LETTER_MAX_AGE",
 )
-_POSITIVE_KEYS = ("ENQUEUE_TIMEOUT", "FLUSH_TIME_LIMIT")
+_POSITIVE_KEYS = ("ENQUEUE_TIMEOUT", "FLUSH_TIME_LIMIT", "DEAD_LETTER_MAX_AGE")
 _INT_LIMITS = {
     "BATCH_MAX_EVENTS": (1, 2500),
     "BATCH_MAX_BYTES": (1024, 500_000),
     "SPILL_MAX_EVENTS": (0, 10**8),
+    "DEAD_LETTER_MAX_EVENTS": (0, 10**9),
 }
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def default_queue_url() -> str:
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    """The embedded SQLite queue's URL: ``$XDG_STATE_HOME/segment_mw/queue.sqlite3``.
+
+    Without ``XDG_STATE_HOME`` it lives under the home directory, which a container user
+    with no ``HOME`` and no passwd entry does not have: that is a ConfigurationError
+    saying what to set, not the RuntimeError ``Path.home()`` raises.
+    """
+    state = os.environ.get("XDG_STATE_HOME")
+    if not state:
+        try:
+            state = str(Path.home() / ".local" / "state")
+        except (RuntimeError, KeyError, OSError) as exc:
+            raise ConfigurationError(
+                "QUEUE_URL: not set, and the embedded SQLite queue has no directory to live "
+                f"in: the home directory cannot be found ({exc}). Set QUEUE_URL (or "
+                "SEGMENT_MW_QUEUE_URL), e.g. redis://host:6379/0, or XDG_STATE_HOME to a "
+                "writable directory"
+            ) from None
     return f"sqlite:///{Path(state) / 'segment_mw' / 'queue.sqlite3'}"
+
+
+def _enabled(value: Any, environ: Mapping[str, str]) -> bool:
+    """``ENABLED``, overridden by ``SEGMENT_MW_ENABLED`` (1/0, true/false, yes/no, on/off)."""
+    raw = environ.get("SEGMENT_MW_ENABLED", "").strip().lower()
+    if raw:
+        if raw in _TRUE:
+            return True
+        if raw in _FALSE:
+            return False
+        raise ConfigurationError(
+            f"SEGMENT_MW_ENABLED: expected 1 or 0 (true/false, yes/no, on/off), got {raw!r}"
+        )
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"ENABLED: expected True or False, got {value!r}")
+    return value
 
 
 _SECRET_QUERY = re.compile(r"((?:^|&)(?:password|passwd|pass|token|secret)=)[^&]*", re.IGNORECASE)
@@ -183,6 +224,12 @@ class Settings:
     on_commit: bool
     auth_signals: bool
     in_process_flusher: bool
+    enabled: bool = True
+    dead_letter_max_events: int = DEFAULTS["DEAD_LETTER_MAX_EVENTS"]
+    dead_letter_max_age: float = DEFAULTS["DEAD_LETTER_MAX_AGE"]
+    # Where queue_url came from: "QUEUE_URL", "SEGMENT_MW_QUEUE_URL" or "default" (the
+    # embedded SQLite file, which a production deployment should not be left on).
+    queue_url_source: str = "QUEUE_URL"
 
     def destination(self, name: str) -> DestinationConfig:
         for dest in self.destinations:
@@ -329,9 +376,22 @@ def load_settings(
             if key not in DEFAULTS:
                 raise ConfigurationError(f"unknown setting {key!r}; known: {', '.join(DEFAULTS)}")
             merged[key] = value
+    enabled = _enabled(merged["ENABLED"], environ)
+    url_source = "QUEUE_URL"
     if environ.get("SEGMENT_MW_QUEUE_URL"):
         merged["QUEUE_URL"] = environ["SEGMENT_MW_QUEUE_URL"]
-    queue_url = _check_queue_url(merged["QUEUE_URL"] or default_queue_url())
+        url_source = "SEGMENT_MW_QUEUE_URL"
+    if not merged["QUEUE_URL"]:
+        url_source = "default"
+        try:
+            merged["QUEUE_URL"] = default_queue_url()
+        except ConfigurationError:
+            if enabled:
+                raise
+            # Disabled, nothing is ever written there: a CI container without a home
+            # directory must still be able to run the app's tests with segment_mw off.
+            merged["QUEUE_URL"] = "memory://"
+    queue_url = _check_queue_url(merged["QUEUE_URL"])
 
     pageviews = dict(DEFAULT_PAGEVIEWS)
     raw_pageviews = merged["PAGEVIEWS"]
@@ -416,4 +476,8 @@ def load_settings(
         on_commit=bool(merged["ON_COMMIT"]),
         auth_signals=bool(merged["AUTH_SIGNALS"]),
         in_process_flusher=bool(in_process),
+        enabled=enabled,
+        dead_letter_max_events=int(merged["DEAD_LETTER_MAX_EVENTS"]),
+        dead_letter_max_age=float(merged["DEAD_LETTER_MAX_AGE"]),
+        queue_url_source=url_source,
     )

@@ -101,6 +101,8 @@ class Deliverer:
     def flush_destination(self, name: str, *, deadline: float | None = None) -> FlushReport:
         settings, queue = self.settings, self.queue
         report = FlushReport(destination=name)
+        if not settings.enabled:
+            return report  # disabled: nothing is sent; what is queued waits for re-enabling
         if deadline is None:
             deadline = time.monotonic() + settings.flush_time_limit
         queue.ensure_destinations(list(self.destinations))
@@ -191,6 +193,16 @@ class Deliverer:
                         queue.hold_for_retry(name, [r.id for r in records])
                     return
 
+    def _dead_letter(self, name: str, records: Sequence[Record], error: str) -> None:
+        dropped = self.queue.dead_letter(name, records, error)
+        if dropped:
+            log.warning(
+                "destination %s: %d older dead letter(s) dropped to stay within "
+                "DEAD_LETTER_MAX_EVENTS / DEAD_LETTER_MAX_AGE (see dead_dropped in status)",
+                name,
+                dropped,
+            )
+
     def _deliver(
         self,
         dest: Destination,
@@ -246,7 +258,7 @@ class Deliverer:
                     len(batch),
                     error,
                 )
-                queue.dead_letter(name, batch, error)
+                self._dead_letter(name, batch, error)
                 report.dead += len(batch)
                 continue
             # Transient: park this batch and everything after it, back off for everyone.
@@ -254,7 +266,7 @@ class Deliverer:
             cutoff = time.time() - self.settings.retry_budget
             expired = [r for r in left if r.enqueued_at < cutoff]
             if expired:
-                queue.dead_letter(name, expired, f"{error} (retry budget exhausted)")
+                self._dead_letter(name, expired, f"{error} (retry budget exhausted)")
                 report.dead += len(expired)
                 log.error(
                     "destination %s: %d message(s) out of retry budget, dead-lettered: %s",

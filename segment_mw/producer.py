@@ -37,6 +37,7 @@ KICK_TTL = 60.0  # a kick lost with its task is retried after this long
 # call, so it must move many messages per round trip to keep up.
 PUSH_CHUNK = 5000
 EXIT_TIMEOUT = 2.0
+UNROUTED_TRIM_INTERVAL = 1.0  # seconds between trims by a process that names no destination
 
 
 class Producer:
@@ -72,6 +73,8 @@ class Producer:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._ensured: set[int] = set()
+        self._untrimmed = False  # pushed since the last trim (processes with no destination)
+        self._trim_at = 0.0
 
     # -- request path ------------------------------------------------------------------
     def submit(self, entry: Entry, *, durable: bool = False) -> None:
@@ -90,6 +93,7 @@ class Producer:
                 )
             else:
                 self._kick_wanted = True
+                self._untrimmed = True
                 self._ensure_thread()
                 self._wake.set()
                 return
@@ -151,6 +155,8 @@ class Producer:
                         return
                     continue
             failures = 0
+            if self._untrimmed:
+                self._trim_unrouted()
 
     def _back_off(self, failures: int) -> bool:
         """Wait after a failure (never spin: the app's threads need the GIL); True to stop."""
@@ -195,6 +201,7 @@ class Producer:
                 len(self._buf),
             )
             return False
+        self._untrimmed = True
         if leased is None:
             self._kick_wanted = True  # acquired once the buffer is empty, by _kick
         elif leased:
@@ -226,6 +233,26 @@ class Producer:
             return False
         self._request_flush()
         return True
+
+    def _trim_unrouted(self, *, now: bool = False) -> None:
+        """In a process that names no destination, trim the log at most once a second.
+
+        Its messages are for whatever destinations other processes (workers) name, and
+        trimming keeps what their cursors still need; when no process names any, nothing
+        will read them, and a staging deployment without a write key must not fill Redis.
+        """
+        if self.settings.destinations:
+            self._untrimmed = False
+            return
+        if not now and time.monotonic() < self._trim_at:
+            return
+        self._untrimmed = False
+        self._trim_at = time.monotonic() + UNROUTED_TRIM_INTERVAL
+        try:
+            self.queue.trim()
+        except Exception:
+            self._untrimmed = True
+            log.debug("trim failed", exc_info=True)
 
     def _ensure_destinations(self, queue: Queue) -> None:
         """Once per process and queue: a cursor for every configured destination.
@@ -281,4 +308,6 @@ class Producer:
         if self._buf and not self.drain(timeout):
             metrics.count("dropped", len(self._buf))
             log.error("exiting with %d message(s) the queue could not take", len(self._buf))
+        if self._untrimmed:
+            self._trim_unrouted(now=True)
         self._thread = None
