@@ -19,6 +19,7 @@ import dataclasses
 # where each file read waits for the GIL a busy web process rarely gives up.
 import encodings.idna  # noqa: F401
 import inspect
+import logging
 import time
 import types
 from collections.abc import Callable, Sequence
@@ -44,7 +45,10 @@ from .base import (
     ServerWarning,
 )
 
+log = logging.getLogger("segment_mw.queue")
+
 MIN_REDIS_VERSION = (7, 0)
+_logged_warnings: set[str] = set()
 
 # Caps a destination's dead letters and counts what the caps drop, in one atomic step:
 # KEYS dead stream, stats hash; ARGV max events, the oldest id kept (ms-seq).
@@ -245,11 +249,13 @@ class RedisQueue(Queue):
             warnings = self._server_warnings(self._client)
         except ConfigurationError as exc:
             metrics.count("misconfigured")
-            metrics.warn_once_per_interval("redis_version", "%s", exc)
+            metrics.warn_once_per_interval("misconfigured", "%s", exc)
             raise
         self._server_checked = True
         for warning in warnings:
-            metrics.warn_once_per_interval(f"redis_{warning.kind}", "%s", warning.message)
+            if warning.message not in _logged_warnings:  # once per process, not per queue
+                _logged_warnings.add(warning.message)
+                log.warning("%s", warning.message)
 
     def _server_warnings(self, client: Any) -> list[ServerWarning]:
         pipe = client.pipeline(transaction=False)

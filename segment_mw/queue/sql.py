@@ -170,7 +170,7 @@ class SQLiteQueue(Queue):
             "XDG_STATE_HOME to a writable directory"
         )
         metrics.count("misconfigured")
-        metrics.warn_once_per_interval("sqlite_unusable", "%s", error)
+        metrics.warn_once_per_interval("misconfigured", "%s", error)
         return error
 
     @contextmanager
