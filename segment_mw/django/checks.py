@@ -1,8 +1,12 @@
-"""System checks (``manage.py check``) for the settings and the middleware placement.
+"""System checks (``manage.py check``) for the settings, the queue and the middleware.
 
 Errors: ``segment_mw.E001`` invalid ``SEGMENT_MW``, ``E002`` a Segment destination without
-a write key, ``E003`` an unusable ``QUEUE_URL``. Warnings: ``segment_mw.W001`` middleware
-missing, ``W002`` middleware before ``AuthenticationMiddleware``, ``W003`` no destination.
+a write key, ``E003`` an unusable ``QUEUE_URL``, ``E004`` a Redis too old for the queue.
+Warnings: ``segment_mw.W001`` middleware missing, ``W002`` middleware before
+``AuthenticationMiddleware``, ``W003`` no destination, ``W004`` a Redis
+``maxmemory-policy`` that can evict the queue, ``W005`` one that can evict its leases,
+``W006`` the local SQLite fallback with ``DEBUG = False``. The Redis checks connect with a
+short timeout and say nothing when Redis does not answer (``segment-mw status`` does).
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.utils.module_loading import import_string
 
-from ..config import Settings, load_settings
+from ..config import Settings, hide_password, load_settings
 from ..errors import ConfigurationError
+from ..queue import DeadLetterLimits, open_queue
 from .apps import raw_settings
 
 MIDDLEWARE = "segment_mw.django.SegmentMiddleware"
 AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
+SERVER_CHECK_TIMEOUT = 1.0
 
 
 def _is_subclass(path: str, base_path: str) -> bool:
@@ -145,3 +151,61 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
             )
         )
     return messages
+
+
+@register()
+def check_queue(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    loaded, errors = _settings_errors(raw_settings())
+    if loaded is None or errors or not loaded.enabled:
+        return []  # check_settings reports the errors; a disabled client queues nothing
+    messages: list[CheckMessage] = []
+    if loaded.queue_url_source == "default" and not settings.DEBUG:
+        messages.append(
+            Warning(
+                "SEGMENT_MW has no QUEUE_URL, so with DEBUG = False events go to a local "
+                f"SQLite file ({loaded.queue_url}): each server keeps a queue of its own, "
+                "delivered by a thread in each web process, and lost with the machine.",
+                hint="Set QUEUE_URL (or SEGMENT_MW_QUEUE_URL) to redis://host:6379/0 and run "
+                "a Celery worker; name the sqlite:/// URL explicitly if the embedded queue "
+                "is what you want.",
+                id="segment_mw.W006",
+            )
+        )
+    if loaded.queue_url.startswith(("redis", "unix")):
+        messages.extend(_redis_server_messages(loaded))
+    return messages
+
+
+def _redis_server_messages(loaded: Settings) -> list[CheckMessage]:
+    import redis
+
+    queue = open_queue(
+        loaded.queue_url,
+        prefix=loaded.queue_prefix,
+        timeout=SERVER_CHECK_TIMEOUT,
+        dead_letters=DeadLetterLimits(loaded.dead_letter_max_events, loaded.dead_letter_max_age),
+    )
+    try:
+        warnings = queue.check_server()
+    except ConfigurationError as exc:
+        return [
+            Error(
+                f"SEGMENT_MW: {exc}.",
+                hint="Redis 7.0 or later (or Valkey) holds the queue.",
+                id="segment_mw.E004",
+            )
+        ]
+    except (redis.RedisError, OSError):
+        return []  # not reachable now: a deployment problem, not a settings one
+    finally:
+        queue.close()
+    where = hide_password(loaded.queue_url)
+    return [
+        Warning(
+            f"SEGMENT_MW: the queue's Redis ({where}): {warning.message}",
+            hint="CONFIG SET maxmemory-policy noeviction (and in redis.conf), or give "
+            "segment_mw a Redis of its own with that policy.",
+            id="segment_mw.W004" if warning.kind == "evicts-queue" else "segment_mw.W005",
+        )
+        for warning in warnings
+    ]
