@@ -16,11 +16,11 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .bots import is_bot
+from .cache import memoize
 from .config import Settings
 from .scope import Scope
 
@@ -65,7 +65,9 @@ class RequestContext:
 
 
 # -- identity ------------------------------------------------------------------------
-@lru_cache(maxsize=4096)  # a visitor's cookie comes back with every page they view
+# A visitor's cookie comes back with every page they view. Caches keyed by request data
+# are bounded in bytes (cache.py): these four hold at most ~1.25 MiB together.
+@memoize(max_bytes=512 * 1024, max_entry_bytes=1024)
 def parse_id_cookie(raw: str | None) -> str | None:
     """An id from an analytics.js cookie: raw (2.0) or URL-encoded JSON string (classic)."""
     if not raw:
@@ -101,7 +103,7 @@ def anonymous_id_cookie(value: str, settings: Settings) -> str:
 
 
 # -- addresses -----------------------------------------------------------------------
-@lru_cache(maxsize=8192)
+@memoize(max_bytes=256 * 1024, max_entry_bytes=512)
 def _clean_ip(value: str) -> str | None:
     value = value.strip().strip('"')
     if value.startswith("["):  # [v6]:port
@@ -179,7 +181,7 @@ def anonymize_ip(address: str) -> str:
 _LANG = re.compile(r"^[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*$")
 
 
-@lru_cache(maxsize=1024)
+@memoize(max_bytes=256 * 1024, max_entry_bytes=1024)
 def locale_from(accept_language: str | None) -> str | None:
     """The preferred language tag of ``Accept-Language``, as ``en-US``."""
     if not accept_language:
@@ -212,7 +214,7 @@ def _brands(value: str) -> list[dict[str, str]]:
     return [dict(b) for b in _parse_brands(value)]
 
 
-@lru_cache(maxsize=1024)
+@memoize(max_bytes=256 * 1024, max_entry_bytes=4096)
 def _parse_brands(value: str) -> tuple[dict[str, str], ...]:
     brands = []
     for item in value.split(",")[:20]:

@@ -30,6 +30,7 @@ from django.utils.functional import LazyObject, empty
 
 from .. import metrics, pageviews
 from .. import scope as scope_mod
+from ..cache import BoundedCache
 from ..capture import ANONYMOUS_ID_COOKIE, COOKIE_MAX_AGE, RequestContext, RequestInfo, capture
 from ..client import get_client
 from ..config import Settings
@@ -114,7 +115,10 @@ _HOST_META = (
 _HOST_SETTINGS = frozenset(
     {"ALLOWED_HOSTS", "DEBUG", "USE_X_FORWARDED_HOST", "USE_X_FORWARDED_PORT"}
 )
-_hosts: dict[tuple[Any, ...], str] = {}
+# Keyed by headers the client sends (probes with made-up hosts): bounded in bytes.
+_hosts: BoundedCache[tuple[Any, ...], str] = BoundedCache(
+    max_bytes=256 * 1024, max_entry_bytes=2048
+)
 
 
 def _forget_hosts(*, setting: str, **kwargs: Any) -> None:
@@ -143,9 +147,7 @@ def _host(request: HttpRequest) -> str:
             port = str(meta.get("SERVER_PORT", ""))
             if port and port not in ("80", "443"):
                 host = f"{host}:{port}"
-        if len(_hosts) >= 256:
-            _hosts.clear()  # many hosts (probes with made-up Host headers): stay bounded
-        _hosts[key] = host
+        _hosts.put(key, host)
     return host
 
 
