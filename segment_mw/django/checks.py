@@ -191,7 +191,7 @@ def _redis_server_messages(loaded: Settings) -> list[CheckMessage]:
         return [
             Error(
                 f"SEGMENT_MW: {exc}.",
-                hint="Redis 7.0 or later (or Valkey) holds the queue.",
+                hint="segment_mw needs Redis 7.0 or later.",
                 id="segment_mw.E004",
             )
         ]

@@ -643,8 +643,11 @@ class RedisQueue(Queue):
         oldest: list[str] = []
         for i, name in enumerate(names):
             summary, stats, dead, backoff = replies[6 + 4 * i : 10 + 4 * i]
-            dest = DestinationStatus(name=name)
             group = groups.get(name)
+            for reply in (stats, dead, backoff, summary if group is not None else None):
+                if isinstance(reply, Exception):  # only a missing group's XPENDING may fail
+                    raise reply
+            dest = DestinationStatus(name=name)
             if group is None:  # no cursor yet: everything in the log is for it
                 dest.queued = int(stored)
                 if first_id is not None:
@@ -656,7 +659,7 @@ class RedisQueue(Queue):
                 # what the log holds beyond the pending ones is an upper bound.
                 lag = max(int(stored) - pending, 0) if lag is None else int(lag)
                 dest.queued = lag + pending
-                if pending and isinstance(summary, dict):
+                if pending:
                     for consumer in summary.get("consumers") or []:
                         if _text(consumer["name"]) == RETRY_CONSUMER:
                             dest.retrying = int(consumer["pending"])
@@ -668,14 +671,13 @@ class RedisQueue(Queue):
                         oldest.append(first_id)
                     else:
                         unread_after[name] = last
-            if isinstance(stats, dict):
-                dest.delivered = int(stats.get(b"delivered", 0))
-                dest.dead_dropped = int(stats.get(b"dead_dropped", 0))
-                if b"last_error" in stats:
-                    dest.last_error = stats[b"last_error"].decode(errors="replace")
-                    dest.last_error_at = float(stats.get(b"last_error_at", 0))
-            dest.dead = int(dead) if isinstance(dead, int) else 0
-            if isinstance(backoff, dict) and backoff:
+            dest.delivered = int(stats.get(b"delivered", 0))
+            dest.dead_dropped = int(stats.get(b"dead_dropped", 0))
+            if b"last_error" in stats:
+                dest.last_error = stats[b"last_error"].decode(errors="replace")
+                dest.last_error_at = float(stats.get(b"last_error_at", 0))
+            dest.dead = int(dead)
+            if backoff:
                 until = float(backoff.get(b"until", 0))
                 dest.backoff_until = until if until > now else None
             result.depth = max(result.depth, dest.queued)
