@@ -2,7 +2,8 @@
 
 Errors: ``segment_mw.E001`` invalid ``SEGMENT_MW``, ``E002`` a Segment destination without
 a write key, ``E003`` an unusable ``QUEUE_URL``. Warnings: ``segment_mw.W001`` middleware
-missing, ``W002`` middleware before ``AuthenticationMiddleware``, ``W003`` no destination.
+missing, ``W002`` middleware before ``AuthenticationMiddleware``, ``W003`` no destination,
+``W004`` middleware after ``FetchFromCacheMiddleware`` (cache hits record no pageview).
 """
 
 from __future__ import annotations
@@ -13,39 +14,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.apps import AppConfig
-from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
-from django.utils.module_loading import import_string
 
 from ..config import Settings, load_settings
 from ..errors import ConfigurationError
+from . import stack
 from .apps import raw_settings
-
-MIDDLEWARE = "segment_mw.django.SegmentMiddleware"
-AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
-
-
-def _is_subclass(path: str, base_path: str) -> bool:
-    if path == base_path:
-        return True
-    try:
-        found, base = import_string(path), import_string(base_path)
-    except ImportError:
-        return False
-    return isinstance(found, type) and isinstance(base, type) and issubclass(found, base)
-
-
-def _position(middleware: Sequence[str], base_path: str) -> int | None:
-    for index, path in enumerate(middleware):
-        if isinstance(path, str) and _is_subclass(path, base_path):
-            return index
-    return None
+from .stack import AUTH_MIDDLEWARE, FETCH_CACHE_MIDDLEWARE, MIDDLEWARE
 
 
 @register()
 def check_middleware(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
-    middleware = list(getattr(settings, "MIDDLEWARE", None) or ())
-    ours = _position(middleware, MIDDLEWARE)
+    middleware = stack.current()
+    ours = stack.position(middleware, MIDDLEWARE)
     if ours is None:
         return [
             Warning(
@@ -55,17 +36,28 @@ def check_middleware(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> 
                 id="segment_mw.W001",
             )
         ]
-    auth = _position(middleware, AUTH_MIDDLEWARE)
+    messages: list[CheckMessage] = []
+    auth = stack.position(middleware, AUTH_MIDDLEWARE)
     if auth is not None and auth > ours:
-        return [
+        messages.append(
             Warning(
                 "SegmentMiddleware comes before AuthenticationMiddleware, so it cannot see "
                 "the logged-in user: events get no userId from request.user.",
                 hint=f"Move {MIDDLEWARE!r} below {AUTH_MIDDLEWARE!r} in MIDDLEWARE.",
                 id="segment_mw.W002",
             )
-        ]
-    return []
+        )
+    if stack.before_ours(middleware, FETCH_CACHE_MIDDLEWARE):
+        messages.append(
+            Warning(
+                "SegmentMiddleware comes after FetchFromCacheMiddleware: pages served from "
+                "Django's cache never reach it, so they record no pageview.",
+                hint=f"Place {MIDDLEWARE!r} after {AUTH_MIDDLEWARE!r} and before "
+                f"{FETCH_CACHE_MIDDLEWARE!r} (which stays last) in MIDDLEWARE.",
+                id="segment_mw.W004",
+            )
+        )
+    return messages
 
 
 def _queue_url_problem(url: str) -> str | None:
