@@ -184,6 +184,15 @@ def test_a_task_about_another_user_takes_nothing_of_the_senders_request(worker_a
     assert metrics.counts()["opted_out"] == 1
 
 
+def test_a_task_naming_the_senders_own_user_keeps_everything(worker_app, segment_events):
+    customer = scope("cust-9", "anon-9", "203.0.113.9")
+    with segment_mw.bound(customer):
+        tasks.charge.delay("cust-9", 40).get(timeout=TIMEOUT)
+    [event] = segment_events
+    assert (event["userId"], event["anonymousId"]) == ("cust-9", "anon-9")
+    assert {k: event["context"][k] for k in PERSONAL} == dict(customer.context)
+
+
 def test_a_task_naming_a_user_from_an_anonymous_request_keeps_the_link(worker_app, segment_events):
     visitor = scope(None, "anon-guest", "203.0.113.8")  # a guest checkout creating an account
     with segment_mw.bound(visitor):
