@@ -92,7 +92,6 @@ def fill(client: object, size: int) -> None:
         ),
         anonymous_id="0f7cbb0e-0d4b-4b53-9d2a-5b3f3c0c0a11",
         context={"ip": "203.0.113.9", "userAgent": "Mozilla/5.0 (X11; Linux x86_64)"},
-        use_scope=False,
     )
     queue = client.queue
     queue.ensure_destinations(list(client.settings.destination_names))

@@ -10,6 +10,7 @@ from .api import alias, flush, group, identify, page, screen, track
 from .client import configure, get_client
 from .decorators import tracked
 from .errors import ConfigurationError, InvalidEvent
+from .identity import set_user
 from .scope import Scope, bound
 from .version import __version__
 
@@ -27,6 +28,7 @@ __all__ = [
     "identify",
     "page",
     "screen",
+    "set_user",
     "track",
     "tracked",
 ]

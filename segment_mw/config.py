@@ -78,6 +78,9 @@ DEFAULTS: dict[str, Any] = {
     "COOKIE_DOMAIN": None,
     "COOKIE_SECURE": False,
     "SET_COOKIE": True,
+    # Pageviews of requests with no authenticated user take userId from the browser's
+    # ajs_user_id cookie. Off: any visitor can write that cookie, naming anyone.
+    "USER_ID_FROM_COOKIE": False,
     "RETRY_BUDGET": 6 * 3600.0,
     # Per destination: what the newest dead letters may number, and how long one is kept.
     "DEAD_LETTER_MAX_EVENTS": 100_000,
@@ -212,6 +215,7 @@ class Settings:
     cookie_domain: str | None
     cookie_secure: bool
     set_cookie: bool
+    user_id_from_cookie: bool
     retry_budget: float
     enqueue_timeout: float
     spill_max_events: int
@@ -464,6 +468,7 @@ def load_settings(
         cookie_domain=merged["COOKIE_DOMAIN"],
         cookie_secure=bool(merged["COOKIE_SECURE"]),
         set_cookie=bool(merged["SET_COOKIE"]),
+        user_id_from_cookie=bool(merged["USER_ID_FROM_COOKIE"]),
         retry_budget=float(merged["RETRY_BUDGET"]),
         enqueue_timeout=float(merged["ENQUEUE_TIMEOUT"]),
         spill_max_events=int(merged["SPILL_MAX_EVENTS"]),

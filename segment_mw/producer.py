@@ -72,6 +72,10 @@ class Producer:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        # Held while a chunk is out of the buffer but not yet in the queue, so that drain()
+        # (flush(), exit) waits for the writer thread's push in flight instead of seeing an
+        # empty buffer and reporting everything pushed too early.
+        self._push_lock = threading.Lock()
         self._ensured: set[int] = set()
         self._untrimmed = False  # pushed since the last trim (processes with no destination)
         self._trim_at = 0.0
@@ -175,6 +179,10 @@ class Producer:
             time.sleep(wait)
 
     def _push_some(self, *, kick: bool = False) -> bool:
+        with self._push_lock:
+            return self._push_chunk(kick=kick)
+
+    def _push_chunk(self, *, kick: bool) -> bool:
         chunk: list[Entry] = []
         while self._buf and len(chunk) < PUSH_CHUNK:
             chunk.append(self._buf.popleft())
@@ -292,8 +300,17 @@ class Producer:
     def drain(self, timeout: float = EXIT_TIMEOUT) -> bool:
         """Push everything buffered now (from the calling thread); True when empty."""
         deadline = time.monotonic() + timeout
-        while self._buf and self._pid == os.getpid() and time.monotonic() < deadline:
-            if not self._push_some():
+        while self._pid == os.getpid():
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._push_lock.acquire(timeout=left):
+                break
+            try:
+                if not self._buf:
+                    return True  # and no push is in flight: it held the lock
+                pushed = self._push_chunk(kick=False)
+            finally:
+                self._push_lock.release()
+            if not pushed:
                 time.sleep(0.05)
         return not self.buffered
 

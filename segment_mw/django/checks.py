@@ -3,9 +3,10 @@
 Errors: ``segment_mw.E001`` invalid ``SEGMENT_MW``, ``E002`` a Segment destination without
 a write key, ``E003`` an unusable ``QUEUE_URL``, ``E004`` a Redis too old for the queue.
 Warnings: ``segment_mw.W001`` middleware missing, ``W002`` middleware before
-``AuthenticationMiddleware``, ``W003`` no destination, ``W004`` a Redis
-``maxmemory-policy`` that can evict the queue, ``W005`` one that can evict its leases,
-``W006`` the local SQLite fallback with ``DEBUG = False``. The Redis checks connect with a
+``AuthenticationMiddleware``, ``W003`` no destination, ``W004`` middleware after
+``FetchFromCacheMiddleware`` (cache hits record no pageview), ``W005`` a Redis
+``maxmemory-policy`` that can evict the queue, ``W006`` one that can evict its leases,
+``W007`` the local SQLite fallback with ``DEBUG = False``. The Redis checks connect with a
 short timeout and say nothing when Redis does not answer (``segment-mw status`` does).
 """
 
@@ -19,39 +20,21 @@ from urllib.parse import urlsplit
 from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
-from django.utils.module_loading import import_string
 
 from ..config import Settings, hide_password, load_settings
 from ..errors import ConfigurationError
 from ..queue import DeadLetterLimits, open_queue
+from . import stack
 from .apps import raw_settings
+from .stack import AUTH_MIDDLEWARE, FETCH_CACHE_MIDDLEWARE, MIDDLEWARE
 
-MIDDLEWARE = "segment_mw.django.SegmentMiddleware"
-AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
 SERVER_CHECK_TIMEOUT = 1.0
-
-
-def _is_subclass(path: str, base_path: str) -> bool:
-    if path == base_path:
-        return True
-    try:
-        found, base = import_string(path), import_string(base_path)
-    except ImportError:
-        return False
-    return isinstance(found, type) and isinstance(base, type) and issubclass(found, base)
-
-
-def _position(middleware: Sequence[str], base_path: str) -> int | None:
-    for index, path in enumerate(middleware):
-        if isinstance(path, str) and _is_subclass(path, base_path):
-            return index
-    return None
 
 
 @register()
 def check_middleware(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
-    middleware = list(getattr(settings, "MIDDLEWARE", None) or ())
-    ours = _position(middleware, MIDDLEWARE)
+    middleware = stack.current()
+    ours = stack.position(middleware, MIDDLEWARE)
     if ours is None:
         return [
             Warning(
@@ -61,17 +44,28 @@ def check_middleware(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> 
                 id="segment_mw.W001",
             )
         ]
-    auth = _position(middleware, AUTH_MIDDLEWARE)
+    messages: list[CheckMessage] = []
+    auth = stack.position(middleware, AUTH_MIDDLEWARE)
     if auth is not None and auth > ours:
-        return [
+        messages.append(
             Warning(
                 "SegmentMiddleware comes before AuthenticationMiddleware, so it cannot see "
                 "the logged-in user: events get no userId from request.user.",
                 hint=f"Move {MIDDLEWARE!r} below {AUTH_MIDDLEWARE!r} in MIDDLEWARE.",
                 id="segment_mw.W002",
             )
-        ]
-    return []
+        )
+    if stack.before_ours(middleware, FETCH_CACHE_MIDDLEWARE):
+        messages.append(
+            Warning(
+                "SegmentMiddleware comes after FetchFromCacheMiddleware: pages served from "
+                "Django's cache never reach it, so they record no pageview.",
+                hint=f"Place {MIDDLEWARE!r} after {AUTH_MIDDLEWARE!r} and before "
+                f"{FETCH_CACHE_MIDDLEWARE!r} (which stays last) in MIDDLEWARE.",
+                id="segment_mw.W004",
+            )
+        )
+    return messages
 
 
 def _queue_url_problem(url: str) -> str | None:
@@ -168,7 +162,7 @@ def check_queue(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[
                 hint="Set QUEUE_URL (or SEGMENT_MW_QUEUE_URL) to redis://host:6379/0 and run "
                 "a Celery worker; name the sqlite:/// URL explicitly if the embedded queue "
                 "is what you want.",
-                id="segment_mw.W006",
+                id="segment_mw.W007",
             )
         )
     if loaded.queue_url.startswith(("redis", "unix")):
@@ -205,7 +199,7 @@ def _redis_server_messages(loaded: Settings) -> list[CheckMessage]:
             f"SEGMENT_MW: the queue's Redis ({where}): {warning.message}",
             hint="CONFIG SET maxmemory-policy noeviction (and in redis.conf), or give "
             "segment_mw a Redis of its own with that policy.",
-            id="segment_mw.W004" if warning.kind == "evicts-queue" else "segment_mw.W005",
+            id="segment_mw.W005" if warning.kind == "evicts-queue" else "segment_mw.W006",
         )
         for warning in warnings
     ]

@@ -225,14 +225,20 @@ def test_request_info_decodes_and_joins_headers():
                 (b"cookie", b"a=1"),
                 (b"Cookie", b"ajs_anonymous_id=x; b=2"),
                 (b"user-agent", b"caf\xe9"),
+                (b"authorization", b"Bearer secret-token"),
             ],
             query_string=b"q=%C3%A9",
         )
     )
     assert info.host == "example.com:8443"
     assert info.headers["accept"] == "text/html, */*"
-    assert info.headers["cookie"] == "a=1; ajs_anonymous_id=x; b=2"
+    # Credentials never reach the core: cookies are parsed, the raw headers are dropped.
+    assert "cookie" not in info.headers
+    assert "authorization" not in info.headers
     assert info.cookies == {"a": "1", "ajs_anonymous_id": "x", "b": "2"}
+    assert "secret-token" not in repr(info)
+    assert "ajs_anonymous_id" in repr(info)  # names, not values
+    assert "=x" not in repr(info)
     assert info.headers["user-agent"] == "caf\xe9"
     assert info.query_string == "q=%C3%A9"
     assert info.peer == "203.0.113.5"

@@ -25,7 +25,6 @@ def page_entry(n: int) -> events.Entry:
         "page",
         events.page_fields("Home", {"path": f"/p/{n}"}, None),
         anonymous_id="0f7cbb0e-0d4b-4b53-9d2a-5b3f3c0c0a11",
-        use_scope=False,
     )
 
 

@@ -34,7 +34,7 @@ def ours():
 def test_the_sqlite_fallback_in_production_is_a_warning(settings, segment_settings):
     segment_settings(QUEUE_URL=None)
     [message] = ours()
-    assert message.id == "segment_mw.W006"
+    assert message.id == "segment_mw.W007"
     assert message.level == checks.WARNING
     assert "queue.sqlite3" in message.msg
     assert "redis://" in message.hint
@@ -64,14 +64,14 @@ def test_a_redis_that_can_evict_the_queue_is_a_warning(private_redis, segment_se
 
     admin.config_set("maxmemory-policy", "allkeys-lfu")
     [message] = ours()
-    assert message.id == "segment_mw.W004"
+    assert message.id == "segment_mw.W005"
     assert "allkeys-lfu" in message.msg
     assert "lost" in message.msg
     assert "noeviction" in message.hint
 
     admin.config_set("maxmemory-policy", "volatile-ttl")
     [message] = ours()
-    assert message.id == "segment_mw.W005"
+    assert message.id == "segment_mw.W006"
     assert "volatile-ttl" in message.msg
     assert "leases" in message.msg
 
