@@ -24,6 +24,7 @@ class SlowProxy:
     # Chunks forwarded upstream, to show the traffic really went through the proxy.
     forwarded: int = 0
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float
@@ -61,6 +62,7 @@ class SlowProxy:
         except OSError:
             client_w.close()
             return
+        self._writers.update((client_w, server_w))
         await asyncio.gather(
             self._pipe(client_r, server_w, self.delay),
             self._pipe(server_r, client_w, 0.0),
@@ -76,7 +78,12 @@ class SlowProxy:
             self._loop.run_forever()
         finally:
             server.close()
+            # Closing both ends lets every connection's pipes finish on their own.
+            for writer in self._writers:
+                writer.close()
             tasks = asyncio.all_tasks(self._loop)
+            if tasks:
+                self._loop.run_until_complete(asyncio.wait(tasks, timeout=5))
             for task in tasks:
                 task.cancel()
             self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
