@@ -9,6 +9,7 @@ fixture) and counts them, but queues and sends nothing, and never opens the queu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -148,7 +149,16 @@ class Client:
         return self._flusher
 
     def emit(self, entry: Entry, *, durable: bool) -> None:
-        """Queue a serialised message. Never raises: trouble is logged and counted."""
+        """Queue a serialised message. Never raises: trouble is logged and counted.
+
+        A durable write asked for on a thread that runs an event loop goes to the
+        producer's buffer instead (counted as ``buffered_on_loop``): waiting on Redis there
+        would stall every request the loop serves. ``segment_mw.aio`` has the awaitable
+        calls that make the durable write off the loop.
+        """
+        if durable and _on_event_loop():
+            durable = False
+            metrics.count("buffered_on_loop")
         for listener in self.listeners:
             try:
                 listener(entry)
@@ -232,6 +242,14 @@ class Client:
         for queue in {id(q): q for q in queues if q}.values():
             queue.close()
         self._pid = -1
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 _client: Client | None = None

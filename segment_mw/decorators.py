@@ -10,6 +10,7 @@ logged to ``segment_mw.tracked`` and counted, never raised into the caller.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
@@ -90,7 +91,10 @@ def tracked(
 
     Nothing about a visitor who opted out (GPC, consent) is queued, as with the six
     calls. Events are queued with a synchronous durable write (a bounded-time push; on
-    failure they wait in the in-memory spill). The return value and exceptions of the
+    failure they wait in the in-memory spill). For ``async def`` functions that write,
+    and the building of the event (so the properties callable and id resolvers too), run
+    in a worker thread that the wrapper awaits: the event loop never waits on Redis, and
+    the event is queued when the await returns. The return value and exceptions of the
     decorated callable pass through unchanged (the same exception object, traceback
     intact). A problem with the event itself (a properties callable or resolver that
     raises or returns the wrong type, an invalid or oversized message) is logged to
@@ -159,14 +163,16 @@ class _Spec:
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                # The event is built and written in a worker thread (with this context's
+                # variables, so the scope is the same): the loop never waits on Redis.
                 try:
                     result = await fn(*args, **kwargs)
                 except Exception as exc:
                     if self.on_failure:
-                        self.emit(exc, args, kwargs, failed=True)
+                        await asyncio.to_thread(self.emit, exc, args, kwargs, failed=True)
                     raise
                 if self.on_success:
-                    self.emit(result, args, kwargs, failed=False)
+                    await asyncio.to_thread(self.emit, result, args, kwargs, failed=False)
                 return result
 
             wrapper = async_wrapper

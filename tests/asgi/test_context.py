@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 from segment_mw import metrics
 from segment_mw.asgi import SegmentMiddleware, request_info
 
+from ..starlette_versions import from_client
 from .conftest import BROWSER_UA, HTML, NAVIGATION, call_asgi, http_scope
 
 
@@ -35,7 +36,7 @@ def visit(
     client: tuple[str, int] = ("198.51.100.7", 4321),
     root_path: str = "",
 ) -> dict[str, Any]:
-    with TestClient(make_app(), client=client, root_path=root_path) as http:
+    with TestClient(from_client(make_app(), client), root_path=root_path) as http:
         response = http.get(url, headers={**NAVIGATION, **(headers or {})})
     assert response.status_code == 200
     assert response.text == HTML

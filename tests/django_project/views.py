@@ -111,7 +111,7 @@ async def async_track(request: HttpRequest) -> JsonResponse:
         user = await request.auser()
     else:
         user = await sync_to_async(lambda: request.user._setup() or request.user._wrapped)()
-    message_id = segment_mw.track("Async Clicked", {"user": user.get_username()})
+    message_id = await segment_mw.atrack("Async Clicked", {"user": user.get_username()})
     return JsonResponse({"messageId": message_id})
 
 

@@ -220,6 +220,8 @@ def test_from_a_starlette_endpoint_to_a_task(worker_app, segment_events):
 
     from segment_mw.asgi import SegmentMiddleware
 
+    from ..starlette_versions import from_client
+
     async def checkout(request: Request) -> JSONResponse:
         result = tasks.bill.delay(request.query_params["invoice"])
         return JSONResponse({"task_id": result.id})
@@ -227,7 +229,7 @@ def test_from_a_starlette_endpoint_to_a_task(worker_app, segment_events):
     app = Starlette(routes=[Route("/checkout", checkout)])
     app.add_middleware(SegmentMiddleware, user_id=lambda scope: "u-star")
     with TestClient(
-        app, client=("198.51.100.30", 5000), cookies={"ajs_anonymous_id": "anon-star"}
+        from_client(app, ("198.51.100.30", 5000)), cookies={"ajs_anonymous_id": "anon-star"}
     ) as http:
         response = http.get(
             "/checkout?invoice=inv-star&utm_source=ads&utm_medium=cpc",
