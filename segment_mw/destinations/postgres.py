@@ -113,6 +113,7 @@ class PostgresDestination(Destination):
         self.target = describe_dsn(self._dsn)
         self.schema = str(options.get("schema") or DEFAULT_SCHEMA)
         self.timeout = float(options.get("timeout", 10.0))
+        self._ms = str(int(self.timeout * 1000))
         digest = hashlib.sha256(f"segment_mw:{self.schema}".encode()).digest()
         self._lock_key = int.from_bytes(digest[:8], "big", signed=True)
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -151,14 +152,9 @@ class PostgresDestination(Destination):
         return self._pool
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        # A batch, or a DDL statement queued behind someone's long query, gives up in time
-        # and is retried, rather than holding a worker (and every insert queued behind it).
-        ms = str(int(self.timeout * 1000))
-        conn.execute(
-            "SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s,"
-            " false)",
-            [ms, ms],
-        )
+        # A batch stuck behind someone's lock or a slow server gives up in time and is
+        # retried, rather than holding a worker.
+        conn.execute("SELECT set_config('statement_timeout', %s, false)", [self._ms])
 
     def close(self) -> None:
         if self._pool is not None and self._pid == os.getpid():
@@ -279,6 +275,9 @@ class PostgresDestination(Destination):
         for attempt in range(DDL_ATTEMPTS):
             try:
                 with conn.transaction():
+                    # An ALTER waiting for its lock makes every insert into the table queue
+                    # behind it: it waits no longer than a batch may take.
+                    conn.execute("SELECT set_config('lock_timeout', %s, true)", [self._ms])
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", [self._lock_key])
                     existing = self._catalog(conn, table).get(table)
                     if existing is None:
