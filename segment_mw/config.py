@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 
-DESTINATION_TYPES = ("segment", "http", "jsonl", "log")
-SECRET_OPTIONS = frozenset({"write_key", "headers", "password", "token"})
+DESTINATION_TYPES = ("segment", "http", "jsonl", "log", "postgres")
+# A postgres ``dsn`` may hold a password, as a URI's user-info or as ``password=...``.
+SECRET_OPTIONS = frozenset({"write_key", "headers", "password", "token", "dsn"})
 DEFAULT_SEGMENT_HOST = "https://api.segment.io"
 
 DEFAULT_SCRUB_PARAMS = (
@@ -320,6 +321,8 @@ def _destinations(raw: Any, environ: Mapping[str, str]) -> tuple[DestinationConf
                 raise ConfigurationError(
                     f"{key}.level: expected a logging level such as 'INFO' or 20"
                 ) from None
+        if kind == "postgres":
+            _check_postgres(key, opts)
         if kind in ("segment", "http"):
             scheme = urlsplit(str(opts.get("host") or opts.get("url"))).scheme
             if scheme not in ("http", "https"):
@@ -331,6 +334,43 @@ def _destinations(raw: Any, environ: Mapping[str, str]) -> tuple[DestinationConf
                 raise ConfigurationError(f"{key}.headers: expected a mapping")
         out.append(DestinationConfig(name=name, type=kind, options=opts))
     return tuple(out)
+
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}", re.ASCII)
+
+
+def _check_postgres(key: str, opts: dict[str, Any]) -> None:
+    dsn = opts.get("dsn")
+    if not isinstance(dsn, str) or not dsn.strip():
+        raise ConfigurationError(
+            f"{key}.dsn: a postgres destination needs a connection string, "
+            "as postgresql://user:password@host:5432/dbname"
+        )
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:  # checked where it delivers: web processes may lack the extra
+        pass
+    else:
+        try:
+            conninfo_to_dict(dsn)
+        except Exception:
+            # Not the driver's message: it may quote the string, password and all.
+            raise ConfigurationError(
+                f"{key}.dsn: not a libpq connection string or postgresql:// URI"
+            ) from None
+    schema = opts.setdefault("schema", "segment")
+    if not isinstance(schema, str) or not _SCHEMA_NAME.fullmatch(schema) or schema[:3] == "pg_":
+        raise ConfigurationError(
+            f"{key}.schema: expected a lower-case PostgreSQL name (letters, digits, "
+            f"underscores, at most 63, not starting with pg_), got {schema!r}"
+        )
+    from .warehouse.naming import RESERVED_WORDS
+
+    if schema in RESERVED_WORDS:
+        raise ConfigurationError(f"{key}.schema: {schema!r} is a reserved word in SQL")
+    timeout = opts.setdefault("timeout", 10.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ConfigurationError(f"{key}.timeout: expected a positive number of seconds")
 
 
 def _patterns(value: Any) -> tuple[str, ...]:

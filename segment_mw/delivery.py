@@ -243,7 +243,21 @@ class Deliverer:
             batch = todo.pop(0)
             outcome = dest.send([r.body for r in batch], attempt=attempt)
             if outcome.ok:
-                queue.ack(name, [r.id for r in batch], delivered=len(batch))
+                if outcome.refused:
+                    # The destination told the bad messages apart itself: no need to split.
+                    for index, why in outcome.refused:
+                        queue.dead_letter(name, [batch[index]], why)
+                    log.warning(
+                        "destination %s refused %d message(s), dead-lettered: %s",
+                        name,
+                        len(outcome.refused),
+                        outcome.refused[0][1],
+                    )
+                    report.dead += len(outcome.refused)
+                    bad = {index for index, _ in outcome.refused}
+                    batch = [r for i, r in enumerate(batch) if i not in bad]
+                if batch:
+                    queue.ack(name, [r.id for r in batch], delivered=len(batch))
                 report.delivered += len(batch)
                 continue
             error = outcome.error or "unknown error"
