@@ -46,7 +46,7 @@ def delivered():
     try:
         with open(out, "rb") as fh:
             # Only whole lines: a flusher may be writing the last one right now.
-            return {json.loads(line)["messageId"] for line in fh if line.endswith(b"\n")}
+            return {json.loads(line)["messageId"] for line in fh if line.endswith(b"\\n")}
     except FileNotFoundError:
         return set()
 
