@@ -21,6 +21,7 @@ SCRIPTS = {
     "bench_pageview.py": ([], ["--requests", "1000", "--runs", "3"]),
     "bench_delivery.py": ([], ["--events", "20000", "--runs", "1"]),
     "bench_memory.py": ([], ["--events", "40000"]),
+    "bench_warehouse.py": ([], ["--events", "2000", "--runs", "1"]),
 }
 
 
