@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from . import metrics
 from .config import Settings
 from .destinations import Destination, make_destination
 from .queue import Backoff, Queue, Record
@@ -242,6 +243,12 @@ class Deliverer:
         while todo:
             batch = todo.pop(0)
             outcome = dest.send([r.body for r in batch], attempt=attempt)
+            counted = metrics.take_unreported()  # what the destination counted (dropped values)
+            if counted:
+                try:
+                    queue.add_counts(counted)
+                except Exception:  # reported with the next batch, or by this process's producer
+                    metrics.restore_unreported(counted)
             if outcome.ok:
                 if outcome.refused:
                     # The destination told the bad messages apart itself: no need to split.

@@ -39,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .. import metrics
 from ..errors import ConfigurationError
 from ..warehouse.schema import Layout, Row, Unloadable, layout, standard_columns
-from ..warehouse.types import Fit, fitter, infer
+from ..warehouse.types import Fit, fitter, infer, native
 from .base import Destination, Outcome
 
 log = logging.getLogger("segment_mw.destinations.postgres")
@@ -47,6 +47,7 @@ log = logging.getLogger("segment_mw.destinations.postgres")
 DEFAULT_SCHEMA = "segment"
 POOL_MAX = 4
 DDL_ATTEMPTS = 5
+MAX_PARAMS = 32_000  # per statement; PostgreSQL's protocol allows 65,535
 _DECODER = json.JSONDecoder(parse_float=Decimal)
 # Raised when a process that does not take our advisory lock (another tool, an older
 # release) creates the same table, type or column at the same moment: try again.
@@ -117,7 +118,7 @@ class PostgresDestination(Destination):
         digest = hashlib.sha256(f"segment_mw:{self.schema}".encode()).digest()
         self._lock_key = int.from_bytes(digest[:8], "big", signed=True)
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
-        self._pid = 0
+        self._pid = os.getpid()  # the pool belongs to the process that made it
         self._lock = threading.Lock()
         self._columns: dict[str, dict[str, str]] | None = None  # table -> column -> type
 
@@ -129,7 +130,7 @@ class PostgresDestination(Destination):
                 # A forked child: the parent's pool, lock and catalog are the parent's. Its
                 # pool is left alone (closing it would end the parent's sessions).
                 self._lock = threading.Lock()
-                self._pool, self._columns = None, None
+                self._pool, self._columns, self._pid = None, None, os.getpid()
             with self._lock:
                 if self._pool is None:
                     pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
@@ -148,7 +149,7 @@ class PostgresDestination(Destination):
                         check=ConnectionPool.check_connection,
                     )
                     pool.open(wait=False)
-                    self._pool, self._pid = pool, os.getpid()
+                    self._pool = pool
         return self._pool
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
@@ -343,14 +344,14 @@ class PostgresDestination(Destination):
         for row in rows:
             names.update(dict.fromkeys(row.values))
         columns = list(names)
-        fitters = [fitter(types[c]) for c in columns]
+        plan = [(c, native(types[c]), fitter(types[c])) for c in columns]
         params = []
         for row in rows:
             values = row.values
             out = []
-            for column, fit_to in zip(columns, fitters, strict=True):
+            for column, as_is, fit_to in plan:
                 value = values.get(column)
-                if value is not None:
+                if value is not None and type(value) not in as_is:
                     value, how = fit_to(value)
                     if how is not Fit.AS_IS:
                         kind = _JSON_TYPES.get(type(values[column]), "array")
@@ -361,6 +362,31 @@ class PostgresDestination(Destination):
                 out.append(value)
             params.append(tuple(out))
         return columns, params
+
+    def _insert(
+        self,
+        cur: psycopg.Cursor[Any],
+        table: str,
+        names: Sequence[str],
+        params: Sequence[tuple[Any, ...]],
+        returning: bool,
+    ) -> set[str]:
+        """Multi-row inserts (one statement per chunk, under PostgreSQL's 65,535 parameters);
+        the ids inserted when ``returning`` (those already there are not)."""
+        head = sql.SQL("INSERT INTO {} ({}) VALUES ").format(
+            sql.Identifier(self.schema, table), sql.SQL(", ").join(map(sql.Identifier, names))
+        )
+        tail = " ON CONFLICT (id) DO NOTHING" + (" RETURNING id" if returning else "")
+        one = "(" + ", ".join(["%b"] * len(names)) + ")"
+        per_chunk = max(MAX_PARAMS // len(names), 1)
+        inserted: set[str] = set()
+        for start in range(0, len(params), per_chunk):
+            chunk = params[start : start + per_chunk]
+            values = sql.SQL(", ".join([one] * len(chunk)))
+            cur.execute(head + values + sql.SQL(tail), [v for row in chunk for v in row])
+            if returning:
+                inserted.update(r[0] for r in cur.fetchall())
+        return inserted
 
     def _write(
         self,
@@ -379,22 +405,8 @@ class PostgresDestination(Destination):
             for table in sorted(by_table):
                 rows = sorted(by_table[table], key=lambda r: str(r.values["id"]))
                 names, params = self._params(rows, table, columns[table])
-                query = sql.SQL(
-                    "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (id) DO NOTHING{}"
-                ).format(
-                    sql.Identifier(self.schema, table),
-                    sql.SQL(", ").join(map(sql.Identifier, names)),
-                    sql.SQL(", ").join(sql.Placeholder() * len(names)),
-                    sql.SQL(" RETURNING id" if table in ("identifies", "groups") else ""),
-                )
-                if table not in ("identifies", "groups"):
-                    cur.executemany(query, params)
-                    continue
-                cur.executemany(query, params, returning=True)
-                while True:
-                    inserted.update(r[0] for r in cur.fetchall())
-                    if not cur.nextset():
-                        break
+                found = self._insert(cur, table, names, params, table in ("identifies", "groups"))
+                inserted |= found
             # The latest traits only from calls new to the warehouse, oldest first.
             latest: dict[str, list[Row]] = {}
             for laid in layouts:

@@ -18,7 +18,7 @@ original_timestamp)`` — is then the message's own ``timestamp``, kept as
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,45 +96,43 @@ def event_table(event: Any) -> str:
     return "_" + table if table in STANDARD_COLUMNS else table
 
 
-def _flatten(obj: Mapping[str, Any], joined: str, dotted: str) -> Iterator[tuple[str, str, Any]]:
-    """(dotted path, ``_``-joined name, value) for every non-null leaf of ``obj``."""
-    for key, value in obj.items():
-        name = f"{joined}_{key}" if joined else str(key)
-        where = f"{dotted}.{key}"
-        if isinstance(value, Mapping):
-            yield from _flatten(value, name, where)
-        elif isinstance(value, list):
-            yield where, name, JsonText(dumps(value).decode())
-        elif value is not None:
-            yield where, name, value
-
-
-def _object(message: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+def _object(message: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = message.get(key)
     if value is None:
         return {}
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):  # parsed JSON: objects are dicts
         raise Unloadable(f"{key}: expected an object, got {type(value).__name__}")
     return value
 
 
 def _add(
     values: dict[str, Any],
-    obj: Mapping[str, Any],
+    obj: dict[str, Any],
     source: str,
     prefix: str,
     reserved: Mapping[str, str],
     dropped: list[str],
 ) -> None:
-    for where, name, value in _flatten(obj, prefix, source):
+    """Flatten ``obj`` into ``values``: nested objects joined with ``_``, arrays as JSON text,
+    nulls left out. ``source`` is the dotted path (for notes), ``prefix`` the joined name."""
+    for key, value in obj.items():
+        name = f"{prefix}_{key}" if prefix else key
+        kind = type(value)
+        if kind is dict:
+            _add(values, value, f"{source}.{key}", name, reserved, dropped)
+            continue
+        if value is None:
+            continue
+        if kind is list:
+            value = JsonText(dumps(value).decode())
         column = identifier(name)
         if column is None:
-            dropped.append(f"{where}: no ASCII letter or digit to name a column with")
+            dropped.append(f"{source}.{key}: no ASCII letter or digit to name a column with")
         elif column in reserved or column in values:
             # Segment discards a property named like one of its columns; a repeat of the
             # same value (a page's name in its properties) loses nothing worth a mention.
             if values.get(column) != value:
-                dropped.append(f"{where}: column {column} is taken")
+                dropped.append(f"{source}.{key}: column {column} is taken")
         else:
             values[column] = value
 

@@ -157,6 +157,22 @@ def fitter(sql_type: str) -> Fitter:
     return lambda value: (as_text(value), Fit.AS_IS)
 
 
+@functools.lru_cache(maxsize=256)
+def native(sql_type: str) -> frozenset[type]:
+    """Python types whose values a column of ``sql_type`` takes as they are (a fast path:
+    :func:`fitter` would return them unchanged)."""
+    kind = kind_of(sql_type)
+    if kind == "text" and max_length(sql_type) is None:
+        return frozenset({str})
+    if kind == "numeric":
+        return frozenset({int, Decimal})  # exact types: not bool
+    if kind == "boolean":
+        return frozenset({bool})
+    if kind == "timestamp with time zone":
+        return frozenset({dt.datetime})
+    return frozenset()
+
+
 def fit(value: Any, sql_type: str) -> tuple[Any, Fit]:
     """``value`` (a JSON scalar, or a stringified array) as the column ``sql_type`` takes it.
 

@@ -101,6 +101,8 @@ def test_a_worker_killed_mid_transaction_leaves_nothing_and_the_next_lands_it_on
             segment_mw.track("Order Completed", {"revenue": Decimal(n)}, user_id=f"u-{n}")
             for n in range(1, 6)
         ]
+        # A property no column can be named for: dropped and counted by the worker.
+        expected.append(segment_mw.track("Order Completed", {"日本": 1}, user_id="u-6"))
         first = worker_process(settings)
         first.wait_ready()
         waiting = wait_until(
@@ -129,13 +131,16 @@ def test_a_worker_killed_mid_transaction_leaves_nothing_and_the_next_lands_it_on
 
     second = worker_process(settings)
     wait_until(
-        lambda: len(warehouse.rows("order_completed")) == 6,
+        lambda: len(warehouse.rows("order_completed")) == 7,
         30.0,
         "the next worker to land the orphaned batch",
         second,
     )
     wait_until(lambda: client.status().depth == 0, 15.0, "the queue to drain", second)
     landed = [r["id"] for r in warehouse.rows("tracks")]
-    assert len(landed) == len(set(landed)) == 6
+    assert len(landed) == len(set(landed)) == 7
     assert set(expected) <= set(landed)
-    assert client.status().destinations["warehouse"].dead == 0
+    status = client.status()
+    assert status.destinations["warehouse"].dead == 0
+    # Counted in the worker, shown by `segment-mw status` here.
+    assert status.counters.get("warehouse_dropped") == 1
