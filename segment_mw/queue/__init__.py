@@ -5,9 +5,19 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
-from .base import Backoff, DestinationStatus, Queue, QueueStatus, Record
+from .base import Backoff, DestinationStatus, Lease, Push, PushFailed, Queue, QueueStatus, Record
 
-__all__ = ["Backoff", "DestinationStatus", "Queue", "QueueStatus", "Record", "open_queue"]
+__all__ = [
+    "Backoff",
+    "DestinationStatus",
+    "Lease",
+    "Push",
+    "PushFailed",
+    "Queue",
+    "QueueStatus",
+    "Record",
+    "open_queue",
+]
 
 
 def open_queue(url: str, *, prefix: str = "segment_mw", timeout: float = 5.0) -> Queue:
