@@ -36,7 +36,7 @@ BROKER = os.environ.get("SEGMENT_MW_TEST_BROKER", "redis://127.0.0.1:6379/10")
 # Small timings so failures, claims and retries happen within a test's patience.
 FAST = {
     "FLUSH_DELAY": 0.05,
-    "CLAIM_IDLE": 1.5,
+    "CLAIM_IDLE": 3.0,  # destinations' timeouts default to 2 s then (CLAIM_IDLE / 1.5)
     "FLUSH_TIME_LIMIT": 10.0,
 }
 
