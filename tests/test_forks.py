@@ -24,7 +24,7 @@ def in_child(body: Callable[[], object]) -> object:
         os.close(read)
         try:
             out = json.dumps({"ok": body()})
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        except BaseException as exc:  # reported to the parent
             out = json.dumps({"error": repr(exc)})
         os.write(write, out.encode())
         os._exit(0)
@@ -100,7 +100,9 @@ class Counter:
 
 def test_at_fork_runs_callbacks_around_a_real_fork() -> None:
     counter = Counter()
-    forks.at_fork(before=counter.before, after_in_parent=counter.parent, after_in_child=counter.child)
+    forks.at_fork(
+        before=counter.before, after_in_parent=counter.parent, after_in_child=counter.child
+    )
     assert forks.hooks_installed()
     assert in_child(lambda: counter.events) == ["before", "child"]
     assert counter.events == ["before", "parent"]
