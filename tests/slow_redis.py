@@ -3,9 +3,9 @@
 ``delay`` holds back a ``late`` fraction of the replies (each chunk Redis sends, in
 order, after a connection's first: its handshake): what a busy or distant Redis does to
 a client with a short timeout. ``cut(n)``
-breaks the next connection part-way through a pipeline: after its handshake only ``n``
-bytes of commands reach Redis, and the connection closes as Redis starts answering them
-(Redis ran the commands that reached it whole, the client reads no reply). Used by the tests and by
+breaks the next pipeline (on whichever connection sends it): only ``n`` bytes of it reach
+Redis, and the connection closes as Redis starts answering (Redis ran the commands that
+reached it whole, the client reads no reply). Used by the tests and by
 ``benchmarks/bench_duplicates.py``.
 """
 
@@ -31,7 +31,7 @@ class SlowRedis:
         self.target = target
         self.late = late
         self.delay = delay
-        self._cuts: list[int] = []  # for the next connections: bytes to let through
+        self._cut: tuple[int, int] | None = None  # bytes to let through, of a write above
         self.delayed = 0  # replies held back so far
         self.broken = 0  # connections broken so far
         self._random = random.Random(seed)
@@ -47,10 +47,10 @@ class SlowRedis:
     def url(self, db: int = 9) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
-    def cut(self, after: int) -> None:
-        """Break the next connection after ``after`` bytes of commands."""
+    def cut(self, after: int, *, larger_than: int = 0) -> None:
+        """Break the next write of more than ``larger_than`` bytes after ``after`` bytes."""
         with self._lock:
-            self._cuts.append(after)
+            self._cut = (after, larger_than)
 
     def start(self) -> SlowRedis:
         self._thread.start()
@@ -73,23 +73,29 @@ class SlowRedis:
                 client.close()
                 continue
             server.settimeout(None)
-            with self._lock:
-                limit = self._cuts.pop(0) if self._cuts else None
             for sock in (client, server):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            cutting = threading.Event()
             threading.Thread(
-                target=self._upstream, args=(client, server, limit), daemon=True
+                target=self._upstream, args=(client, server, cutting), daemon=True
             ).start()
             threading.Thread(
-                target=self._downstream, args=(server, client, limit is not None), daemon=True
+                target=self._downstream, args=(server, client, cutting), daemon=True
             ).start()
 
-    def _upstream(self, client: socket.socket, server: socket.socket, limit: int | None) -> None:
-        """Commands go to Redis at once (up to ``limit`` bytes after the handshake)."""
-        first = True
+    def _upstream(
+        self, client: socket.socket, server: socket.socket, cutting: threading.Event
+    ) -> None:
+        """Commands go to Redis at once (only the first bytes of one that is cut)."""
+        first, limit = True, None
         try:
             while data := client.recv(65536):
-                if limit is not None and not first:
+                if not first and limit is None:
+                    with self._lock:
+                        if self._cut is not None and len(data) > self._cut[1]:
+                            limit, self._cut = self._cut[0], None
+                            cutting.set()
+                if limit is not None:
                     data, limit = data[:limit], limit - len(data[:limit])
                 first = False
                 if data:
@@ -99,12 +105,14 @@ class SlowRedis:
         finally:
             _close(client, server)
 
-    def _downstream(self, server: socket.socket, client: socket.socket, cut: bool) -> None:
+    def _downstream(
+        self, server: socket.socket, client: socket.socket, cutting: threading.Event
+    ) -> None:
         """Replies come back in order, some of them late; or the connection breaks."""
         first = True
         try:
             while data := server.recv(65536):
-                if cut and not first:
+                if cutting.is_set():
                     with self._lock:
                         self.broken += 1
                     return
