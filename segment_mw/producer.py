@@ -240,7 +240,8 @@ class Producer:
         """
         wait = pushed_at + self.settings.buffer_max_delay - time.monotonic()
         if wait > 0 and len(st.buf) < PUSH_CHUNK and not st.stopping:
-            time.sleep(wait)
+            st.wake.wait(wait)  # cut short by close() (and by a durable write's kick)
+            st.wake.clear()
 
     def _push_some(self, st: _State, queue: Queue, *, kick: bool = False) -> bool:
         """Finish unsure pushes, then push a chunk of the buffer; False on failure."""
