@@ -82,8 +82,9 @@ class HttpBatchDestination(Destination):
             num_pools=4,
             maxsize=4,
             retries=False,
-            # ``timeout`` bounds the whole request, not each read: CLAIM_IDLE is checked
-            # against it, so a batch being sent is never claimed by another worker.
+            # ``timeout`` covers connecting and waiting for the answer together (CLAIM_IDLE
+            # is checked against it: a batch being sent must not look orphaned). Only a
+            # host that trickles its answer a byte at a time can take longer.
             timeout=urllib3.Timeout(total=self.timeout, connect=min(self.timeout, 5.0)),
         )
 

@@ -204,12 +204,12 @@ return out
 # Entries per push script: each runs atomically, so Redis serves its other clients between
 # them (250 entries take it well under a millisecond).
 SCRIPT_ENTRIES = 250
-# How long an origin's mark outlives its last push: an entry whose push timed out may be
-# pushed again that much later (after a long outage) and still be stored once.
-MARK_TTL = 24 * 3600.0
+# How long an origin's mark outlives its last push (ms): an entry whose push timed out may
+# be pushed again that much later (after a long outage) and still be stored once.
+_MARK_TTL = b"86400000"  # a day
 # Once a push again succeeded its origin is done; the mark only has to outlast the timed
 # out original, which Redis may still be about to run.
-DONE_MARK_TTL = 600.0
+_DONE_MARK_TTL = b"600000"  # ten minutes
 TOUCH_IDS = 1000
 
 
@@ -232,15 +232,20 @@ class _Origins:
 
 
 class _Origin:
-    __slots__ = ("name", "next")
+    __slots__ = ("mark", "name", "next")
 
     def __init__(self) -> None:
         self.name = os.urandom(12).hex()
         self.next = 1
+        self.mark: bytes | None = None  # the key of its mark, once a queue names it
 
 
 class _NotSent(redis.ConnectionError):
     """No connection could be had: nothing of the commands reached Redis."""
+
+
+class _Unsure(Exception):
+    """The commands may have reached Redis, in part or whole (the cause says why not all)."""
 
 
 class _RedisLease(Lease):
@@ -275,6 +280,7 @@ class RedisQueue(Queue):
         self.prefix = prefix
         self.timeout = timeout
         self.stream = f"{prefix}:log"
+        self._stream_key = self.stream.encode()
         # Made in each process (a forked child must not share the parent's sockets, nor
         # push under its origins: the same ordinals would be taken for stored ones).
         self._client: forks.ProcessLocal[Any] = forks.ProcessLocal(self._connect)
@@ -323,18 +329,20 @@ class RedisQueue(Queue):
         return self._push_new(entries, None, (self._set_nx(lease, ttl),)) is not None
 
     def push_again(self, pushes: Sequence[Push]) -> None:
-        if not pushes:
-            return
+        scripts: list[tuple[bytes, ...]] = []
+        for push in pushes:
+            mark = self._key("origin", push.origin).encode()
+            scripts += self._scripts(mark, push.first, push.entries, push.only, _DONE_MARK_TTL)
         try:
-            self._run_pushes(pushes, (), DONE_MARK_TTL)
-        except _NotSent as exc:
-            raise PushFailed(pushes, exc.__cause__ or exc) from exc
+            self._run_scripts(scripts, ())
+        except (_NotSent, _Unsure) as exc:
+            raise PushFailed(pushes, exc.__cause__ or exc) from exc.__cause__
 
     def _push_new(
         self,
         entries: Sequence[Entry],
         only: str | None,
-        tail: Sequence[tuple[bytes | str, ...]],
+        tail: Sequence[tuple[bytes, ...]],
     ) -> Any:
         """Push under an origin lent for this push alone; the reply of the last ``tail`` command.
 
@@ -343,39 +351,50 @@ class RedisQueue(Queue):
         """
         origins = self._origins.get()
         origin = origins.take()
-        push = Push(tuple(entries), only, origin.name, origin.next)
+        first = origin.next
         origin.next += len(entries)
+        if origin.mark is None:
+            origin.mark = self._key("origin", origin.name).encode()
         try:
-            reply = self._run_pushes([push], tail, MARK_TTL)
+            reply = self._run_scripts(
+                self._scripts(origin.mark, first, entries, only, _MARK_TTL), tail
+            )
         except _NotSent as exc:
-            origin.next = push.first  # nothing was sent: the ordinals are free again
+            origin.next = first  # nothing was sent: the ordinals are free again
             origins.give_back(origin)
             raise (exc.__cause__ or exc) from None
+        except _Unsure as exc:
+            push = Push(tuple(entries), only, origin.name, first)
+            raise PushFailed([push], exc.__cause__ or exc) from exc.__cause__
         origins.give_back(origin)
         return reply
 
-    def _run_pushes(
+    def _scripts(
         self,
-        pushes: Sequence[Push],
-        tail: Sequence[tuple[bytes | str, ...]],
-        mark_ttl: float,
+        mark: bytes,
+        first: int,
+        entries: Sequence[Entry],
+        only: str | None,
+        mark_ttl: bytes,
+    ) -> list[tuple[bytes, ...]]:
+        """The push script calls storing ``entries`` (ordinals from ``first``) once."""
+        target = only.encode() if only is not None else b""
+        scripts = []
+        for start in range(0, len(entries), SCRIPT_ENTRIES):
+            args: list[bytes] = [str(first + start).encode(), mark_ttl, target]
+            for entry in entries[start : start + SCRIPT_ENTRIES]:
+                args += (entry.body, entry.integrations or b"")
+            scripts.append((b"EVALSHA", _PUSH_SHA, b"2", self._stream_key, mark, *args))
+        return scripts
+
+    def _run_scripts(
+        self, scripts: list[tuple[bytes, ...]], tail: Sequence[tuple[bytes, ...]]
     ) -> Any:
         """Run the push scripts, then ``tail``, in one round trip; the last reply of ``tail``.
 
-        ``PushFailed`` for any failure once the commands may have been sent; ``_NotSent``
+        ``_Unsure`` for any failure once the commands may have been sent; ``_NotSent``
         when they were not.
         """
-        stream = self.stream.encode()
-        ttl = str(int(mark_ttl * 1000)).encode()
-        scripts: list[tuple[bytes | str, ...]] = []
-        for push in pushes:
-            mark = self._key("origin", push.origin).encode()
-            only = push.only.encode() if push.only is not None else b""
-            for start in range(0, len(push.entries), SCRIPT_ENTRIES):
-                args: list[bytes] = [str(push.first + start).encode(), ttl, only]
-                for entry in push.entries[start : start + SCRIPT_ENTRIES]:
-                    args += (entry.body, entry.integrations or b"")
-                scripts.append((b"EVALSHA", _PUSH_SHA, b"2", stream, mark, *args))
         try:
             replies = self._pipeline([*scripts, *tail])
             pushed = replies[: len(scripts)]
@@ -387,10 +406,10 @@ class RedisQueue(Queue):
         except _NotSent:
             raise
         except Exception as exc:
-            raise PushFailed(pushes, exc) from exc
+            raise _Unsure() from exc
         for reply in pushed:
             if isinstance(reply, redis.ResponseError):
-                raise PushFailed(pushes, reply)
+                raise _Unsure() from reply
         if not tail:
             return None
         last = replies[-1]
