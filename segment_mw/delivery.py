@@ -238,8 +238,7 @@ class Deliverer:
         consumer: str | None = None,
         lease: Lease | None = None,
     ) -> bool:
-        """Deliver what is routed to ``dest``; False when the destination began backing off
-        (or the retry ``lease`` was lost).
+        """Deliver what is routed to ``dest``; False to stop (a back-off began, the lease lapsed).
 
         Messages ``consumer`` read at ``read_at`` are touched before a send once they have
         been held a while, so that none is claimed as an orphan (and sent twice) while this
