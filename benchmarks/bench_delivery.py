@@ -82,7 +82,6 @@ def fill_stream(prefix: str, n: int) -> int:
             "track",
             track_fields("Order Completed", event_properties(i)),
             user_id=f"user-{i % 1000}",
-            use_scope=False,
         )
         size += len(entry.body)
         chunk.append(entry)

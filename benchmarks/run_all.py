@@ -21,6 +21,8 @@ SCRIPTS = {
     "bench_pageview.py": ([], ["--requests", "1000", "--runs", "3"]),
     "bench_delivery.py": ([], ["--events", "20000", "--runs", "1"]),
     "bench_memory.py": ([], ["--events", "40000"]),
+    "bench_status.py": ([], ["--sizes", "1000,100000", "--runs", "10"]),
+    "bench_async.py": ([], ["--calls", "500", "--runs", "1"]),
 }
 
 

@@ -5,7 +5,9 @@ queue (the default when no QUEUE_URL is set) and the in-process flusher stand in
 Redis and Celery. The example shops — Starlette and Django — are visited by a new
 visitor from a campaign link, a returning analytics.js visitor, a crawler, an XHR and a
 visitor with Global Privacy Control; a checkout charges a card. Then we show what reached
-the collector and what ``segment-mw status`` says.
+the collector, the rows the Starlette shop's events made in a PostgreSQL warehouse (when
+one is reachable: 127.0.0.1:5432, or ``SEGMENT_MW_DEMO_PG_DSN``), and what
+``segment-mw status`` says.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import gzip
 import io
 import json
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -106,6 +109,73 @@ def visit_django() -> None:
     renew_subscription.delay(42, "pro", "9.90")
 
 
+DEMO_SCHEMA = "segment_mw_demo"  # made afresh by each run, left for you to query
+DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def warehouse_dsn() -> tuple[str | None, str]:
+    """A PostgreSQL the demo can write its warehouse into, or None and why not."""
+    hint = "set SEGMENT_MW_DEMO_PG_DSN=postgresql://user:password@host:5432/dbname to use one"
+    dsn = os.environ.get("SEGMENT_MW_DEMO_PG_DSN")
+    if not dsn:
+        try:
+            socket.create_connection(("127.0.0.1", 5432), timeout=0.5).close()
+        except OSError:
+            return None, f"no PostgreSQL on 127.0.0.1:5432; {hint}"
+        dsn = DEFAULT_PG_DSN
+    try:
+        import psycopg
+        from psycopg import sql
+    except ImportError:
+        return None, "psycopg is not installed: pip install 'segment-mw[postgres]'"
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
+            drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(DEMO_SCHEMA))
+            conn.execute(drop)
+    except psycopg.Error as exc:
+        from segment_mw.destinations.postgres import describe_dsn
+
+        return None, f"no connection to {describe_dsn(dsn)} ({type(exc).__name__}); {hint}"
+    return dsn, ""
+
+
+def show_warehouse(dsn: str) -> None:
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    from segment_mw.destinations.postgres import describe_dsn
+
+    print(f"\nThe warehouse (PostgreSQL at {describe_dsn(dsn)}, schema {DEMO_SCHEMA}):")
+    with psycopg.connect(dsn) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s"
+            " ORDER BY table_name",
+            [DEMO_SCHEMA],
+        ).fetchall()
+        for (table,) in tables:
+            (rows,) = conn.execute(f"SELECT count(*) FROM {DEMO_SCHEMA}.{table}").fetchone() or (0,)
+            print(f"  {DEMO_SCHEMA}.{table}: {rows} row(s)")
+        queries = [
+            f"SELECT name, path, context_campaign_source AS campaign, context_locale AS locale"
+            f" FROM {DEMO_SCHEMA}.pages ORDER BY timestamp",
+            f"SELECT event_text, revenue, currency, context_ip FROM {DEMO_SCHEMA}.order_completed",
+        ]
+        for query in queries:
+            print(f"\n  => {query};")
+            cur = conn.execute(query)
+            names = [d.name for d in cur.description or ()]
+            print("  " + " | ".join(names))
+            for row in cur.fetchall():
+                print("  " + " | ".join("" if v is None else str(v) for v in row))
+    params = conninfo_to_dict(dsn)
+    where = " ".join(
+        f"-{flag} {params[key]}"
+        for flag, key in (("h", "host"), ("p", "port"), ("U", "user"), ("d", "dbname"))
+        if params.get(key)
+    )
+    print(f"\n  Query them yourself: psql {where} -c 'SELECT * FROM {DEMO_SCHEMA}.tracks'")
+
+
 def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="segment_mw-demo-"))
     os.environ["XDG_STATE_HOME"] = str(workdir)  # the embedded queue lives here
@@ -118,13 +188,20 @@ def main() -> int:
     import segment_mw
     from segment_mw.cli import main as cli
 
-    settings = {
+    settings: dict[str, Any] = {
         "DESTINATIONS": {
             "Segment": {"type": "segment", "write_key": "demo-write-key", "host": collector.url},
             "archive": {"type": "jsonl", "path": str(workdir / "events.jsonl")},
         },
         "INTEGRATIONS": {"Facebook Pixel": False},
     }
+    dsn, why_not = warehouse_dsn()
+    if dsn is not None:
+        settings["DESTINATIONS"]["warehouse"] = {
+            "type": "postgres",
+            "dsn": dsn,
+            "schema": DEMO_SCHEMA,
+        }
     segment_mw.configure(settings)
     print(f"embedded queue and files in {workdir}\n")
     visit_starlette()
@@ -165,6 +242,10 @@ def main() -> int:
             f"campaign={event['context'].get('campaign')}"
         )
     print("\n(The crawler, the XHR, the JSON API call and the GPC visitor made no events.)")
+    if dsn is not None:
+        show_warehouse(dsn)
+    else:
+        print(f"\nWarehouse skipped: {why_not}.")
     print("\n$ segment-mw status   # the Starlette shop's queue, after delivery")
     print(starlette_status.getvalue(), end="")
     print("\n$ python manage.py segment_mw status   # the Django shop's queue")

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from . import events, metrics
+from . import events, identity, metrics
 from . import scope as scope_mod
 from .client import Client, get_client
 from .errors import ConfigurationError
@@ -29,35 +29,55 @@ def emit(
     timestamp: Timestamp = None,
     message_id: str | None = None,
     durable: bool = True,
+    request_page: bool = False,
 ) -> str:
-    """Build, serialise and queue one message; the shared path of every call."""
+    """Build, serialise and queue one message; the shared path of every call.
+
+    ``request_page``: put the request's page fields under the message's properties (a
+    page call about the request's own visitor, as browsers send them).
+    """
     current = scope_mod.current()
-    if current is not None and current.opted_out and current.anonymous_id is None:
-        # No anonymous id is minted for a visitor who opted out; the message is built
-        # only to check the caller's arguments (it is never queued), so lend it one.
-        anonymous_id = anonymous_id or "opted-out"
+    who = identity.resolve(current, user_id=user_id, anonymous_id=anonymous_id)
+    if request_page and who.about_request:
+        page = who.context.get("page")
+        if isinstance(page, Mapping):
+            fields = {**fields, "properties": {**page, **fields.get("properties", {})}}
     entry = build_message(
         type_,
         fields,
-        user_id=user_id,
-        anonymous_id=anonymous_id,
+        who,
         context=context,
         integrations=integrations,
         timestamp=timestamp,
         message_id=message_id,
     )
-    if current is not None and current.opted_out:
+    if who.opted_out:
         metrics.count("opted_out")
         return entry.message_id  # the user opted out of tracking: build, but never queue
     queue_message(entry, current, durable=durable)
     return entry.message_id
 
 
-def build_message(type_: str, fields: Mapping[str, Any], **options: Any) -> events.Entry:
-    """A serialised message with the configured default integrations merged in."""
+def build_message(
+    type_: str, fields: Mapping[str, Any], who: identity.Identity, **options: Any
+) -> events.Entry:
+    """A serialised message for ``who``, with the configured default integrations merged in."""
     client = usable_client()
     default = client.settings.integrations if client is not None else None
-    return events.build(type_, fields, default_integrations=default, **options)
+    anonymous_id = who.anonymous_id
+    if who.opted_out and not who.identified:
+        # No anonymous id is minted for a visitor who opted out; the message is built
+        # only to check the caller's arguments (it is never queued), so lend it one.
+        anonymous_id = identity.OPTED_OUT_ID
+    return events.build(
+        type_,
+        fields,
+        user_id=who.user_id,
+        anonymous_id=anonymous_id,
+        base_context=who.context,
+        default_integrations=default,
+        **options,
+    )
 
 
 def usable_client() -> Client | None:
@@ -110,15 +130,6 @@ def track(
     )
 
 
-def _page_properties(properties: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The request's page fields under the caller's properties, as browsers send them."""
-    current = scope_mod.current()
-    page = current.context.get("page") if current is not None else None
-    if not isinstance(page, Mapping):
-        return dict(properties) if properties is not None else None
-    return {**page, **(properties or {})}
-
-
 def page(
     name: str | None = None,
     properties: Mapping[str, Any] | None = None,
@@ -132,11 +143,10 @@ def page(
     message_id: str | None = None,
 ) -> str:
     """Record a page view; inside a request the page fields are filled from it."""
-    if properties is not None and not isinstance(properties, Mapping):
-        events.page_fields(name, properties, category)  # raises with the field name
     return emit(
         "page",
-        events.page_fields(name, _page_properties(properties), category),
+        events.page_fields(name, properties, category),
+        request_page=True,
         user_id=user_id,
         anonymous_id=anonymous_id,
         context=context,

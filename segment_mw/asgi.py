@@ -13,25 +13,20 @@ Starlette is never imported: any ASGI server and app will do.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import re
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from . import metrics
 from . import scope as scope_mod
-from .capture import (
-    ANONYMOUS_ID_COOKIE,
-    RequestContext,
-    RequestInfo,
-    anonymous_id_cookie,
-    capture,
-)
+from .capture import RequestContext, RequestInfo, capture
 from .client import get_client
 from .config import Settings
 from .errors import ConfigurationError
+from .identity import ANONYMOUS_ID_COOKIE, anonymous_id_cookie, wants_cookie
 from .pageviews import (
     emit_pageview,
     extract_title,
@@ -39,6 +34,7 @@ from .pageviews import (
     skip_reason,
     view_options,
 )
+from .scope import as_user_id
 
 __all__ = ["SegmentMiddleware", "request_info", "user_id_from_scope"]
 
@@ -117,9 +113,16 @@ def _full_path(scope: ASGIScope) -> str:
     return path
 
 
+# Credentials are invisible to the core: nothing downstream can copy them into an event.
+_HIDDEN_HEADERS = ("authorization", "proxy-authorization", "cookie")
+
+
 def request_info(scope: ASGIScope) -> RequestInfo:
     """The neutral description of an HTTP scope (headers decoded as latin-1)."""
     headers = _headers(scope.get("headers") or ())
+    cookies = _cookies(headers.get("cookie"))
+    for name in _HIDDEN_HEADERS:
+        headers.pop(name, None)
     scheme = str(scope.get("scheme") or "http")
     client = scope.get("client")
     return RequestInfo(
@@ -129,16 +132,9 @@ def request_info(scope: ASGIScope) -> RequestInfo:
         path=_full_path(scope),
         query_string=_text(scope.get("query_string") or b""),
         headers=headers,
-        cookies=_cookies(headers.get("cookie")),
+        cookies=cookies,
         peer=str(client[0]) if client else None,
     )
-
-
-def _as_id(value: Any) -> str | None:
-    # Only what names a user: a model object's repr would make a wrong id, not an error.
-    if isinstance(value, bool) or not isinstance(value, (str, int, uuid.UUID)):
-        return None
-    return str(value) or None
 
 
 def user_id_from_scope(scope: ASGIScope) -> str | None:
@@ -164,7 +160,7 @@ def user_id_from_scope(scope: ASGIScope) -> str | None:
 
 def _attribute_id(user: Any, attribute: str) -> str | None:
     try:
-        return _as_id(getattr(user, attribute, None))
+        return as_user_id(getattr(user, attribute, None))
     except Exception:  # Starlette's BaseUser.identity raises NotImplementedError
         return None
 
@@ -270,7 +266,7 @@ class SegmentMiddleware:
                 if inspect.iscoroutine(value):
                     value.close()  # never awaited: no "coroutine was never awaited" warning
                 raise TypeError("the user id resolver returned an awaitable, not an id")
-            return _as_id(value)
+            return as_user_id(value)
         except Exception:
             _failed("user_id resolver")
             return None
@@ -288,7 +284,6 @@ class _Exchange:
         "middleware",
         "pageview",
         "rc",
-        "resolved_user",
         "scope",
         "send_next",
         "settings",
@@ -300,9 +295,10 @@ class _Exchange:
         self.send_next = send
         self.settings = get_client().settings
         self.info = request_info(scope)
-        user_id = middleware.resolve_user_id(scope, self.settings)
-        self.resolved_user = user_id is not None
-        self.rc: RequestContext = capture(self.info, self.settings, user_id=user_id)
+        # Asked each time an event is built: an authentication middleware inside this one
+        # sets scope["user"] only when its turn comes, and set_user() overrides it.
+        source = functools.partial(middleware.resolve_user_id, scope, self.settings)
+        self.rc: RequestContext = capture(self.info, self.settings, user_source=source)
         self.pageview = False  # decided at response start
         self.done = False  # the pageview was emitted (or given up on)
         self.body_started = False
@@ -338,12 +334,6 @@ class _Exchange:
 
     def start(self, message: Message) -> Message:
         rc, scope, settings = self.rc, self.scope, self.settings
-        if not self.resolved_user:
-            # An authentication middleware inside this one sets scope["user"] only now.
-            user_id = self.middleware.resolve_user_id(scope, settings)
-            if user_id is not None:
-                rc.scope.user_id = user_id
-                self.resolved_user = True
         endpoint = scope.get("endpoint")
         if endpoint is not None:
             # The view's decorator under what the view set for this request.
@@ -351,12 +341,15 @@ class _Exchange:
                 rc.scope.pageview.setdefault(key, value)
         headers = list(message.get("headers") or ())
         has_cookie = False
+        cache_control = None
         for name, value in headers:
             key = _text(name).lower()
             if key == "content-type":
                 self.content_type = _text(value)
             elif key == "content-encoding":
                 self.encoded = _text(value).strip().lower() not in ("", "identity")
+            elif key == "cache-control":
+                cache_control = _text(value)
             elif key == "set-cookie" and _text(value).lstrip().startswith(_COOKIE_PREFIX):
                 has_cookie = True
         reason = skip_reason(
@@ -368,21 +361,15 @@ class _Exchange:
             self.middleware.exclude_paths,
         )
         self.pageview = reason is None
-        # Never overwrite an id: not one the browser sent (even one that could not be
-        # read), nor one the app set. Crawlers get none, as with the Django middleware.
-        if (
-            rc.new_anonymous_id
-            and rc.anonymous_id
-            and settings.set_cookie
-            and not rc.opted_out
-            and not has_cookie
-            and ANONYMOUS_ID_COOKIE not in self.info.cookies
-            # Assets and health checks: a per-visitor cookie there could end up in a
-            # shared cache and hand one id to many visitors.
-            and not is_excluded_path(self.info.path, settings, self.middleware.exclude_paths)
-            and not rc.is_bot  # last: the costliest check
+        if rc.new_anonymous_id and wants_cookie(
+            rc,
+            settings,
+            browser_sent=ANONYMOUS_ID_COOKIE in self.info.cookies,
+            app_set=has_cookie,
+            excluded_path=is_excluded_path(self.info.path, settings, self.middleware.exclude_paths),
+            cache_control=cache_control,
         ):
-            cookie = anonymous_id_cookie(rc.anonymous_id, settings)
+            cookie = anonymous_id_cookie(str(rc.anonymous_id), settings)
             # A new message and list: the app's own may be reused across requests.
             message = {**message, "headers": [*headers, (b"set-cookie", cookie.encode())]}
         return message

@@ -11,29 +11,25 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.utils import formatdate
-from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .bots import is_bot
+from .cache import memoize
 from .config import Settings
-from .scope import Scope
-
-ANONYMOUS_ID_COOKIE = "ajs_anonymous_id"
-USER_ID_COOKIE = "ajs_user_id"
-COOKIE_MAX_AGE = 365 * 24 * 3600
-MAX_ID_LENGTH = 100
-_ID_OK = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: what an id can be
+from .identity import ANONYMOUS_ID_COOKIE, cookie_user_id, new_anonymous_id, parse_id_cookie
+from .scope import Scope, UserSource
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class RequestInfo:
-    """What an adapter knows about a request, in neutral form (header names lower-case)."""
+    """What an adapter knows about a request, in neutral form (header names lower-case).
+
+    Adapters leave ``Authorization`` and ``Cookie`` out of ``headers``; the cookies are in
+    ``cookies``, for the anonymous id and the ``CONSENT`` callable.
+    """
 
     method: str
     scheme: str
@@ -45,8 +41,15 @@ class RequestInfo:
     peer: str | None = None
     route_name: str | None = None
 
+    def __repr__(self) -> str:
+        # Header and cookie values hold personal data and credentials: names only.
+        return (
+            f"RequestInfo(method={self.method!r}, scheme={self.scheme!r}, host={self.host!r}, "
+            f"path={self.path!r}, headers={sorted(self.headers)}, cookies={sorted(self.cookies)})"
+        )
 
-@dataclass
+
+@dataclass(repr=False)
 class RequestContext:
     """The Segment view of one request, bound for its duration as the current scope."""
 
@@ -56,6 +59,14 @@ class RequestContext:
     opted_out: bool
     page: dict[str, Any]
     user_agent: str | None = None
+    # The ajs_user_id cookie, only where USER_ID_FROM_COOKIE opts in (pageviews only).
+    cookie_user_id: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestContext(path={self.page.get('path')!r}, new_anonymous_id="
+            f"{self.new_anonymous_id}, opted_out={self.opted_out}, scope={self.scope!r})"
+        )
 
     @property
     def is_bot(self) -> bool:
@@ -64,44 +75,10 @@ class RequestContext:
         return is_bot(self.user_agent)
 
 
-# -- identity ------------------------------------------------------------------------
-@lru_cache(maxsize=4096)  # a visitor's cookie comes back with every page they view
-def parse_id_cookie(raw: str | None) -> str | None:
-    """An id from an analytics.js cookie: raw (2.0) or URL-encoded JSON string (classic)."""
-    if not raw:
-        return None
-    value = unquote(raw).strip()
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        value = value[1:-1]
-    if not value or len(value) > MAX_ID_LENGTH or not _ID_OK.fullmatch(value):
-        return None
-    if value in ("null", "undefined"):
-        return None
-    return value
-
-
-def new_anonymous_id() -> str:
-    return str(uuid.uuid4())
-
-
-def anonymous_id_cookie(value: str, settings: Settings) -> str:
-    """A ``Set-Cookie`` value in the analytics.js 2.0 format (the raw id)."""
-    parts = [
-        f"{ANONYMOUS_ID_COOKIE}={value}",
-        f"expires={formatdate(time.time() + COOKIE_MAX_AGE, usegmt=True)}",
-        f"Max-Age={COOKIE_MAX_AGE}",
-        "Path=/",
-        "SameSite=Lax",
-    ]
-    if settings.cookie_domain:
-        parts.append(f"Domain={settings.cookie_domain}")
-    if settings.cookie_secure:
-        parts.append("Secure")
-    return "; ".join(parts)
-
-
 # -- addresses -----------------------------------------------------------------------
-@lru_cache(maxsize=8192)
+# Caches keyed by request data are bounded in bytes (cache.py): these three hold at most
+# 768 KiB together.
+@memoize(max_bytes=256 * 1024, max_entry_bytes=512)
 def _clean_ip(value: str) -> str | None:
     value = value.strip().strip('"')
     if value.startswith("["):  # [v6]:port
@@ -179,7 +156,7 @@ def anonymize_ip(address: str) -> str:
 _LANG = re.compile(r"^[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*$")
 
 
-@lru_cache(maxsize=1024)
+@memoize(max_bytes=256 * 1024, max_entry_bytes=1024)
 def locale_from(accept_language: str | None) -> str | None:
     """The preferred language tag of ``Accept-Language``, as ``en-US``."""
     if not accept_language:
@@ -212,7 +189,7 @@ def _brands(value: str) -> list[dict[str, str]]:
     return [dict(b) for b in _parse_brands(value)]
 
 
-@lru_cache(maxsize=1024)
+@memoize(max_bytes=256 * 1024, max_entry_bytes=4096)
 def _parse_brands(value: str) -> tuple[dict[str, str], ...]:
     brands = []
     for item in value.split(",")[:20]:
@@ -323,8 +300,19 @@ def is_opted_out(info: RequestInfo, settings: Settings) -> bool:
     return False
 
 
-def capture(info: RequestInfo, settings: Settings, *, user_id: str | None = None) -> RequestContext:
-    """Build the Segment context of a request (once per request)."""
+def capture(
+    info: RequestInfo,
+    settings: Settings,
+    *,
+    user_id: str | None = None,
+    user_source: UserSource | None = None,
+) -> RequestContext:
+    """Build the Segment context of a request (once per request).
+
+    ``user_id`` is the request's user as the app's own ``USER_ID`` callable named it;
+    ``user_source`` asks the framework for its authenticated user whenever an event is
+    built (see :class:`~segment_mw.scope.Scope`).
+    """
     headers = info.headers
     denylist = settings.scrub_params
     query = scrub_query(info.query_string, denylist)
@@ -362,13 +350,12 @@ def capture(info: RequestInfo, settings: Settings, *, user_id: str | None = None
     minted = False
     if anonymous_id is None and not opted_out:
         anonymous_id, minted = new_anonymous_id(), True
-    if user_id is None:
-        user_id = parse_id_cookie(info.cookies.get(USER_ID_COOKIE))
     scope = Scope(
         user_id=user_id,
         anonymous_id=anonymous_id,
         context=context,
         opted_out=opted_out,
+        user_source=user_source,
     )
     return RequestContext(
         scope=scope,
@@ -377,4 +364,5 @@ def capture(info: RequestInfo, settings: Settings, *, user_id: str | None = None
         opted_out=opted_out,
         page=page,
         user_agent=ua,
+        cookie_user_id=cookie_user_id(info.cookies, settings),
     )

@@ -114,6 +114,13 @@ def _send(name: str, *, kwargs: dict[str, Any], delay: float) -> None:
 
         # The app itself, not the proxy (whose identity never changes).
         app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if app.conf.task_always_eager:
+        # No worker reads a broker for an always-eager app (tests, demos), and send_task
+        # would only warn (AlwaysEagerIgnored) and publish anyway. Not run inline either:
+        # a kick comes from the producer's writer thread, and a flush that schedules its
+        # next run would recurse. This process's in-process flusher delivers instead.
+        get_client().flusher.notify()
+        return
     # No publish retry loop: a kick that cannot be sent is retried by the next push.
     _publisher.send(
         app, name, kwargs=kwargs, countdown=delay or None, retry=False, ignore_result=True
@@ -234,6 +241,9 @@ class Watchdog:
         for name, dest in client.status().destinations.items():
             if dest.queued and dest.backoff_until is None:
                 request_flush(name)
+        # Housekeeping that must not wait for traffic: dead letters past DEAD_LETTER_MAX_AGE,
+        # and a log no destination reads (a deployment with none configured).
+        client.queue.trim()
 
 
 _watchdog: Watchdog | None = None

@@ -1,9 +1,11 @@
 """The ``segment-mw`` command line (and the Django ``segment_mw`` management command).
 
-``status [--json]`` shows queue depth, the oldest undelivered message's age and, per
-destination, delivered / retrying / dead-lettered counts and the last error; ``flush``
-delivers now; ``replay [--destination NAME]`` puts dead letters back and delivers them.
-Configuration comes from the environment or from ``--config module:attribute``.
+``status [--json]`` names the queue in use (its password hidden) and shows its depth, the
+oldest undelivered message's age, what the server puts at risk and, per destination,
+delivered / retrying / dead-lettered counts (and what the dead-letter caps dropped) and
+the last error; ``flush`` delivers now; ``replay [--destination NAME]`` puts dead letters
+back and delivers them. Configuration comes from the environment or from ``--config
+module:attribute``.
 """
 
 from __future__ import annotations
@@ -55,10 +57,14 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def format_status(status: QueueStatus, queue: str) -> str:
-    lines = [
-        f"queue: {queue}",
+def format_status(status: QueueStatus, queue: str, *, enabled: bool = True) -> str:
+    lines = [f"queue: {queue}"]
+    if not enabled:
+        lines.append("disabled (ENABLED: False or SEGMENT_MW_ENABLED=0): nothing is queued or sent")
+    lines.extend(f"warning: {warning}" for warning in status.warnings)
+    lines += [
         f"depth: {status.depth}",
+        f"stored: {status.stored}",
         f"oldest undelivered: {_age(status.oldest_age)}",
     ]
     if status.counters:
@@ -73,9 +79,10 @@ def format_status(status: QueueStatus, queue: str) -> str:
         )
     now = time.time()
     for name, dest in status.destinations.items():
+        dropped = f" (dropped by the caps: {dest.dead_dropped})" if dest.dead_dropped else ""
         lines.append(
             f"{name}: queued={dest.queued} delivered={dest.delivered} "
-            f"retrying={dest.retrying} dead={dest.dead}"
+            f"retrying={dest.retrying} dead={dest.dead}{dropped}"
         )
         if dest.backoff_until:
             lines.append(f"  backing off for {_age(dest.backoff_until - now)}")
@@ -107,16 +114,29 @@ def main(
     args = build_parser(prog).parse_args(argv)
     try:
         client = client or _client_from(args.config)
+    except ConfigurationError as exc:
+        sys.stderr.write(f"{prog}: {exc}\n")
+        return 2
+    try:
         if args.command == "status":
             status = client.status()
             if args.json:
-                out.write(json.dumps(status.as_dict(), sort_keys=True) + "\n")
+                data = {
+                    **status.as_dict(),
+                    "queue": {
+                        "url": hide_password(client.settings.queue_url),
+                        "prefix": client.settings.queue_prefix,
+                        "source": client.settings.queue_url_source,
+                    },
+                    "enabled": client.settings.enabled,
+                }
+                out.write(json.dumps(data, sort_keys=True) + "\n")
             else:
-                out.write(format_status(status, _describe(client)) + "\n")
+                out.write(_format(client, status) + "\n")
             return 0
         if args.command == "flush":
             done = client.flush(args.timeout)
-            out.write(format_status(client.status(), _describe(client)) + "\n")
+            out.write(_format(client, client.status()) + "\n")
             return 0 if done else 1
         if args.command == "forget":
             client.forget(args.destination)
@@ -129,14 +149,25 @@ def main(
             done = client.flush(args.timeout) if any(moved.values()) else True
             return 0 if done else 1
     except ConfigurationError as exc:
-        sys.stderr.write(f"{prog}: {exc}\n")
+        sys.stderr.write(f"{prog}: {exc} (queue: {_describe(client)})\n")
+        return 2
+    except Exception as exc:  # the queue did not answer: say which one, without a traceback
+        sys.stderr.write(
+            f"{prog}: cannot reach the queue {_describe(client)}: {type(exc).__name__}: {exc}\n"
+        )
         return 2
     return 2
 
 
+def _format(client: Client, status: QueueStatus) -> str:
+    return format_status(status, _describe(client), enabled=client.settings.enabled)
+
+
 def _describe(client: Client) -> str:
     url = hide_password(client.settings.queue_url)  # never print the queue's credentials
-    return f"{url} (prefix {client.settings.queue_prefix})"
+    source = client.settings.queue_url_source
+    where = " (the default: QUEUE_URL is not set)" if source == "default" else ""
+    return f"{url} (prefix {client.settings.queue_prefix}){where}"
 
 
 if __name__ == "__main__":  # pragma: no cover

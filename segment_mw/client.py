@@ -2,11 +2,14 @@
 
 ``configure()`` installs a client; every public call goes through the current one. Parts
 that hold connections or threads are created on first use and again in a forked child,
-so nothing needs special care under gunicorn, uWSGI or Celery prefork.
+so nothing needs special care under gunicorn, uWSGI or Celery prefork. A disabled client
+(``ENABLED: False`` or ``SEGMENT_MW_ENABLED=0``) hands events to its listeners (the test
+fixture) and counts them, but queues and sends nothing, and never opens the queue for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -20,7 +23,7 @@ from .errors import ConfigurationError
 from .events import Entry
 from .flusher import InProcessFlusher
 from .producer import Producer
-from .queue import Queue, QueueStatus, open_queue
+from .queue import DeadLetterLimits, Queue, QueueStatus, open_queue
 
 log = logging.getLogger("segment_mw")
 
@@ -80,6 +83,10 @@ class Client:
                             self.settings.queue_url,
                             prefix=self.settings.queue_prefix,
                             timeout=timeout,
+                            dead_letters=DeadLetterLimits(
+                                self.settings.dead_letter_max_events,
+                                self.settings.dead_letter_max_age,
+                            ),
                         )
                     setattr(parts, attr, found)
         return found
@@ -146,12 +153,25 @@ class Client:
         return parts.flusher
 
     def emit(self, entry: Entry, *, durable: bool) -> None:
-        """Queue a serialised message. Never raises: trouble is logged and counted."""
+        """Queue a serialised message. Never raises: trouble is logged and counted.
+
+        A durable write asked for on a thread that runs an event loop goes to the
+        producer's buffer instead (counted as ``buffered_on_loop``): waiting on Redis there
+        would stall every request the loop serves. ``segment_mw.aio`` has the awaitable
+        calls that make the durable write off the loop.
+        """
+        if durable and _on_event_loop():
+            durable = False
+            metrics.count("buffered_on_loop")
         for listener in self.listeners:
             try:
                 listener(entry)
             except Exception:
                 log.exception("event listener failed")
+        if not self.settings.enabled:
+            metrics.count("disabled")
+            _log_disabled_once()
+            return
         try:
             producer = self.producer
             if (
@@ -233,8 +253,27 @@ class Client:
         self._parts.reset()
 
 
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 _client: Client | None = None
 _client_lock = threading.Lock()
+_disabled_logged = False
+
+
+def _log_disabled_once() -> None:
+    global _disabled_logged
+    if not _disabled_logged:
+        _disabled_logged = True
+        log.info(
+            "segment_mw is disabled (ENABLED: False or SEGMENT_MW_ENABLED=0): events are "
+            "checked, then counted as 'disabled'; nothing is queued or sent"
+        )
 
 
 def configure(settings: Mapping[str, Any] | None = None, **overrides: Any) -> Client:

@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 
-DESTINATION_TYPES = ("segment", "http", "jsonl", "log")
-SECRET_OPTIONS = frozenset({"write_key", "headers", "password", "token"})
+DESTINATION_TYPES = ("segment", "http", "jsonl", "log", "postgres")
+# A postgres ``dsn`` may hold a password, as a URI's user-info or as ``password=...``.
+SECRET_OPTIONS = frozenset({"write_key", "headers", "password", "token", "dsn"})
 DEFAULT_SEGMENT_HOST = "https://api.segment.io"
 DEFAULT_TIMEOUT = 10.0
 # CLAIM_IDLE must be this many times the longest destination timeout: a batch being sent
@@ -68,6 +69,7 @@ DEFAULT_PAGEVIEWS: dict[str, Any] = {
 }
 
 DEFAULTS: dict[str, Any] = {
+    "ENABLED": True,  # False: calls validate their arguments, nothing is queued or sent
     "QUEUE_URL": None,  # None: the embedded SQLite queue under the user's state directory
     "QUEUE_PREFIX": "segment_mw",
     "DESTINATIONS": {},
@@ -82,7 +84,13 @@ DEFAULTS: dict[str, Any] = {
     "COOKIE_DOMAIN": None,
     "COOKIE_SECURE": False,
     "SET_COOKIE": True,
+    # Pageviews of requests with no authenticated user take userId from the browser's
+    # ajs_user_id cookie. Off: any visitor can write that cookie, naming anyone.
+    "USER_ID_FROM_COOKIE": False,
     "RETRY_BUDGET": 6 * 3600.0,
+    # Per destination: what the newest dead letters may number, and how long one is kept.
+    "DEAD_LETTER_MAX_EVENTS": 100_000,
+    "DEAD_LETTER_MAX_AGE": 7 * 86400.0,
     "ENQUEUE_TIMEOUT": 0.01,
     "SPILL_MAX_EVENTS": 10_000,
     "BUFFER_MAX_DELAY": 0.005,
@@ -103,18 +111,55 @@ _NUMBER_KEYS = (
     "FLUSH_DELAY",
     "CLAIM_IDLE",
     "FLUSH_TIME_LIMIT",
+    "DEAD_LETTER_MAX_AGE",
 )
-_POSITIVE_KEYS = ("ENQUEUE_TIMEOUT", "FLUSH_TIME_LIMIT")
+_POSITIVE_KEYS = ("ENQUEUE_TIMEOUT", "FLUSH_TIME_LIMIT", "DEAD_LETTER_MAX_AGE")
 _INT_LIMITS = {
     "BATCH_MAX_EVENTS": (1, 2500),
     "BATCH_MAX_BYTES": (1024, 500_000),
     "SPILL_MAX_EVENTS": (0, 10**8),
+    "DEAD_LETTER_MAX_EVENTS": (0, 10**9),
 }
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def default_queue_url() -> str:
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    """The embedded SQLite queue's URL: ``$XDG_STATE_HOME/segment_mw/queue.sqlite3``.
+
+    Without ``XDG_STATE_HOME`` it lives under the home directory, which a container user
+    with no ``HOME`` and no passwd entry does not have: that is a ConfigurationError
+    saying what to set, not the RuntimeError ``Path.home()`` raises.
+    """
+    state = os.environ.get("XDG_STATE_HOME")
+    if not state:
+        try:
+            state = str(Path.home() / ".local" / "state")
+        except (RuntimeError, KeyError, OSError) as exc:
+            raise ConfigurationError(
+                "QUEUE_URL: not set, and the embedded SQLite queue has no directory to live "
+                f"in: the home directory cannot be found ({exc}). Set QUEUE_URL (or "
+                "SEGMENT_MW_QUEUE_URL), e.g. redis://host:6379/0, or XDG_STATE_HOME to a "
+                "writable directory"
+            ) from None
     return f"sqlite:///{Path(state) / 'segment_mw' / 'queue.sqlite3'}"
+
+
+def _enabled(value: Any, environ: Mapping[str, str]) -> bool:
+    """``ENABLED``, overridden by ``SEGMENT_MW_ENABLED`` (1/0, true/false, yes/no, on/off)."""
+    raw = environ.get("SEGMENT_MW_ENABLED", "").strip().lower()
+    if raw:
+        if raw in _TRUE:
+            return True
+        if raw in _FALSE:
+            return False
+        raise ConfigurationError(
+            f"SEGMENT_MW_ENABLED: expected 1 or 0 (true/false, yes/no, on/off), got {raw!r}"
+        )
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"ENABLED: expected True or False, got {value!r}")
+    return value
 
 
 _SECRET_QUERY = re.compile(r"((?:^|&)(?:password|passwd|pass|token|secret)=)[^&]*", re.IGNORECASE)
@@ -176,6 +221,7 @@ class Settings:
     cookie_domain: str | None
     cookie_secure: bool
     set_cookie: bool
+    user_id_from_cookie: bool
     retry_budget: float
     enqueue_timeout: float
     spill_max_events: int
@@ -188,6 +234,12 @@ class Settings:
     on_commit: bool
     auth_signals: bool
     in_process_flusher: bool
+    enabled: bool = True
+    dead_letter_max_events: int = DEFAULTS["DEAD_LETTER_MAX_EVENTS"]
+    dead_letter_max_age: float = DEFAULTS["DEAD_LETTER_MAX_AGE"]
+    # Where queue_url came from: "QUEUE_URL", "SEGMENT_MW_QUEUE_URL" or "default" (the
+    # embedded SQLite file, which a production deployment should not be left on).
+    queue_url_source: str = "QUEUE_URL"
 
     def destination(self, name: str) -> DestinationConfig:
         for dest in self.destinations:
@@ -276,34 +328,73 @@ def _destinations(
                 raise ConfigurationError(
                     f"{key}.level: expected a logging level such as 'INFO' or 20"
                 ) from None
+        if kind == "postgres":
+            _check_postgres(key, opts)
+        if kind in ("segment", "http", "postgres"):
+            _fit_timeout(key, opts, "timeout" in options, claim_idle)
         if kind in ("segment", "http"):
             scheme = urlsplit(str(opts.get("host") or opts.get("url"))).scheme
             if scheme not in ("http", "https"):
                 raise ConfigurationError(f"{key}: the URL must start with http:// or https://")
-            # Unset, it is shortened to fit a short CLAIM_IDLE; set, it must fit.
-            timeout = opts.setdefault(
-                "timeout", min(DEFAULT_TIMEOUT, claim_idle / CLAIM_IDLE_PER_TIMEOUT)
-            )
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise ConfigurationError(f"{key}.timeout: expected a positive number of seconds")
-            if not timeout > 0:
-                raise ConfigurationError(
-                    f"{key}.timeout: expected a positive number of seconds"
-                    if "timeout" in options
-                    else f"CLAIM_IDLE: {claim_idle:g}s leaves {key} no time to send a batch"
-                )
-            if timeout * CLAIM_IDLE_PER_TIMEOUT > claim_idle:
-                raise ConfigurationError(
-                    f"{key}.timeout ({timeout:g}s) does not fit CLAIM_IDLE ({claim_idle:g}s): "
-                    f"a batch still being sent would be claimed and sent again. CLAIM_IDLE "
-                    f"must be at least {CLAIM_IDLE_PER_TIMEOUT:g} times every destination's "
-                    f"timeout: raise CLAIM_IDLE to {timeout * CLAIM_IDLE_PER_TIMEOUT:g} or "
-                    "shorten the timeout"
-                )
             if "headers" in opts and not isinstance(opts["headers"], Mapping):
                 raise ConfigurationError(f"{key}.headers: expected a mapping")
         out.append(DestinationConfig(name=name, type=kind, options=opts))
     return tuple(out)
+
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}", re.ASCII)
+
+
+def _check_postgres(key: str, opts: dict[str, Any]) -> None:
+    dsn = opts.get("dsn")
+    if not isinstance(dsn, str) or not dsn.strip():
+        raise ConfigurationError(
+            f"{key}.dsn: a postgres destination needs a connection string, "
+            "as postgresql://user:password@host:5432/dbname"
+        )
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:  # checked where it delivers: web processes may lack the extra
+        pass
+    else:
+        try:
+            conninfo_to_dict(dsn)
+        except Exception:
+            # Not the driver's message: it may quote the string, password and all.
+            raise ConfigurationError(
+                f"{key}.dsn: not a libpq connection string or postgresql:// URI"
+            ) from None
+    schema = opts.setdefault("schema", "segment")
+    if not isinstance(schema, str) or not _SCHEMA_NAME.fullmatch(schema) or schema[:3] == "pg_":
+        raise ConfigurationError(
+            f"{key}.schema: expected a lower-case PostgreSQL name (letters, digits, "
+            f"underscores, at most 63, not starting with pg_), got {schema!r}"
+        )
+    from .warehouse.naming import RESERVED_WORDS
+
+    if schema in RESERVED_WORDS:
+        raise ConfigurationError(f"{key}.schema: {schema!r} is a reserved word in SQL")
+
+
+def _fit_timeout(key: str, opts: dict[str, Any], given: bool, claim_idle: float) -> None:
+    """A destination's ``timeout``: set, it must fit CLAIM_IDLE; unset, it is made to fit."""
+    timeout = opts.setdefault("timeout", min(DEFAULT_TIMEOUT, claim_idle / CLAIM_IDLE_PER_TIMEOUT))
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ConfigurationError(f"{key}.timeout: expected a positive number of seconds")
+    if not timeout > 0:
+        raise ConfigurationError(
+            f"{key}.timeout: expected a positive number of seconds"
+            if given
+            else f"CLAIM_IDLE: {claim_idle:g}s leaves {key} no time to send a batch"
+        )
+    if timeout * CLAIM_IDLE_PER_TIMEOUT > claim_idle:
+        raise ConfigurationError(
+            f"{key}.timeout ({timeout:g}s) does not fit CLAIM_IDLE ({claim_idle:g}s): "
+            f"a batch still being sent would be claimed and sent again. CLAIM_IDLE "
+            f"must be at least {CLAIM_IDLE_PER_TIMEOUT:g} times every destination's "
+            f"timeout: raise CLAIM_IDLE to {timeout * CLAIM_IDLE_PER_TIMEOUT:g} or "
+            "shorten the timeout"
+        )
 
 
 def _patterns(value: Any) -> tuple[str, ...]:
@@ -353,9 +444,22 @@ def load_settings(
             if key not in DEFAULTS:
                 raise ConfigurationError(f"unknown setting {key!r}; known: {', '.join(DEFAULTS)}")
             merged[key] = value
+    enabled = _enabled(merged["ENABLED"], environ)
+    url_source = "QUEUE_URL"
     if environ.get("SEGMENT_MW_QUEUE_URL"):
         merged["QUEUE_URL"] = environ["SEGMENT_MW_QUEUE_URL"]
-    queue_url = _check_queue_url(merged["QUEUE_URL"] or default_queue_url())
+        url_source = "SEGMENT_MW_QUEUE_URL"
+    if not merged["QUEUE_URL"]:
+        url_source = "default"
+        try:
+            merged["QUEUE_URL"] = default_queue_url()
+        except ConfigurationError:
+            if enabled:
+                raise
+            # Disabled, nothing is ever written there: a CI container without a home
+            # directory must still be able to run the app's tests with segment_mw off.
+            merged["QUEUE_URL"] = "memory://"
+    queue_url = _check_queue_url(merged["QUEUE_URL"])
 
     pageviews = dict(DEFAULT_PAGEVIEWS)
     raw_pageviews = merged["PAGEVIEWS"]
@@ -428,6 +532,7 @@ def load_settings(
         cookie_domain=merged["COOKIE_DOMAIN"],
         cookie_secure=bool(merged["COOKIE_SECURE"]),
         set_cookie=bool(merged["SET_COOKIE"]),
+        user_id_from_cookie=bool(merged["USER_ID_FROM_COOKIE"]),
         retry_budget=float(merged["RETRY_BUDGET"]),
         enqueue_timeout=float(merged["ENQUEUE_TIMEOUT"]),
         spill_max_events=int(merged["SPILL_MAX_EVENTS"]),
@@ -440,4 +545,8 @@ def load_settings(
         on_commit=bool(merged["ON_COMMIT"]),
         auth_signals=bool(merged["AUTH_SIGNALS"]),
         in_process_flusher=bool(in_process),
+        enabled=enabled,
+        dead_letter_max_events=int(merged["DEAD_LETTER_MAX_EVENTS"]),
+        dead_letter_max_age=float(merged["DEAD_LETTER_MAX_AGE"]),
+        queue_url_source=url_source,
     )

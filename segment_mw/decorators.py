@@ -10,6 +10,7 @@ logged to ``segment_mw.tracked`` and counted, never raised into the caller.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
-from . import api, events, metrics
+from . import api, events, identity, metrics
 from . import scope as scope_mod
 from .errors import InvalidEvent
 
@@ -46,6 +47,7 @@ def tracked(
     on: On = "success",
     on_commit: bool | None = None,
     using: str | None = None,
+    error_message: bool = False,
 ) -> Callable[[F], F]:
     """Emit the track event ``event`` each time the decorated callable completes.
 
@@ -60,14 +62,17 @@ def tracked(
     task for ``bind=True`` tasks). The outcome is the return value (awaited, for ``async
     def``) on success and the exception instance on failure; with ``on="always"``, test
     ``isinstance(result, BaseException)``. A failure event always carries ``error_type``
-    (the exception class's qualified name) and ``error_message`` (``str(exc)``, cut to
-    1024 characters) over the caller's properties; never a traceback.
+    (the exception class's qualified name) over the caller's properties; never a
+    traceback, and ``str(exc)`` (which often holds customer data: a card number, an
+    address) only with ``error_message=True``, as ``error_message`` cut to 1024 characters.
 
     ``user_id`` / ``anonymous_id``: a static string, or a callable ``(*args, **kwargs)``
     returning the id (or None). What they do not give comes from the current scope: the
     request's identity under the middleware, or, in a Celery task, that of the request
-    that sent it. With no id at all the event is not sent: it is logged with its name and
-    counted as ``no_identity``.
+    that sent it. An event naming another user than the request's authenticated one
+    (staff acting for a customer) takes none of the request's identity, context or
+    opt-out (see :func:`segment_mw.identity.resolve`). With no id at all the event is not
+    sent: it is logged with its name and counted as ``no_identity``.
 
     ``integrations`` and ``context`` are static mappings merged into the message (the
     context over the request's). ``on`` is ``"success"`` (default; no event when the call
@@ -84,9 +89,12 @@ def tracked(
     ``django_db``), capture the commit callbacks (``captureOnCommitCallbacks(execute=True)``
     or the ``django_capture_on_commit_callbacks`` fixture) to see the events.
 
-    Nothing is queued while the bound scope is opted out (GPC, consent), as with the six
+    Nothing about a visitor who opted out (GPC, consent) is queued, as with the six
     calls. Events are queued with a synchronous durable write (a bounded-time push; on
-    failure they wait in the in-memory spill). The return value and exceptions of the
+    failure they wait in the in-memory spill). For ``async def`` functions that write,
+    and the building of the event (so the properties callable and id resolvers too), run
+    in a worker thread that the wrapper awaits: the event loop never waits on Redis, and
+    the event is queued when the await returns. The return value and exceptions of the
     decorated callable pass through unchanged (the same exception object, traceback
     intact). A problem with the event itself (a properties callable or resolver that
     raises or returns the wrong type, an invalid or oversized message) is logged to
@@ -116,6 +124,7 @@ def tracked(
         on_failure=on in ("failure", "always"),
         on_commit=on_commit,
         using=using,
+        error_message=bool(error_message),
     )
 
     def decorate(fn: F) -> F:
@@ -138,6 +147,7 @@ class _Spec:
     on_failure: bool
     on_commit: bool | None
     using: str | None
+    error_message: bool
 
     def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(fn):
@@ -153,14 +163,16 @@ class _Spec:
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                # The event is built and written in a worker thread (with this context's
+                # variables, so the scope is the same): the loop never waits on Redis.
                 try:
                     result = await fn(*args, **kwargs)
                 except Exception as exc:
                     if self.on_failure:
-                        self.emit(exc, args, kwargs, failed=True)
+                        await asyncio.to_thread(self.emit, exc, args, kwargs, failed=True)
                     raise
                 if self.on_success:
-                    self.emit(result, args, kwargs, failed=False)
+                    await asyncio.to_thread(self.emit, result, args, kwargs, failed=False)
                 return result
 
             wrapper = async_wrapper
@@ -212,17 +224,15 @@ class _Spec:
         self, result: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, failed: bool
     ) -> None:
         current = scope_mod.current()
-        if current is not None and current.opted_out:
+        who = identity.resolve(
+            current,
+            user_id=_resolve(self.user_id, args, kwargs),
+            anonymous_id=_resolve(self.anonymous_id, args, kwargs),
+        )
+        if who.opted_out:
             metrics.count("opted_out")  # as for the six calls: nothing is queued for them
             return
-        props = self._properties(result, args, kwargs)
-        if failed:
-            props["error_type"] = type(result).__qualname__
-            props["error_message"] = str(result)[:MAX_ERROR_MESSAGE]
-        uid = _resolve(self.user_id, args, kwargs)
-        aid = _resolve(self.anonymous_id, args, kwargs)
-        scoped = current is not None and bool(current.user_id or current.anonymous_id)
-        if _missing(uid) and _missing(aid) and not scoped:
+        if not who.identified:
             metrics.count("no_identity")
             log.warning(
                 "tracked event %r not sent: no user or anonymous id (none is bound for "
@@ -230,11 +240,15 @@ class _Spec:
                 self.event,
             )
             return
+        props = self._properties(result, args, kwargs)
+        if failed:
+            props["error_type"] = type(result).__qualname__
+            if self.error_message:
+                props["error_message"] = str(result)[:MAX_ERROR_MESSAGE]
         entry = api.build_message(
             "track",
             events.track_fields(self.event, props),
-            user_id=uid,
-            anonymous_id=aid,
+            who,
             context=self.context,
             integrations=self.integrations,
         )
@@ -271,10 +285,6 @@ def _resolve(
     if resolver is None or isinstance(resolver, str):
         return resolver
     return resolver(*args, **kwargs)
-
-
-def _missing(value: Any) -> bool:
-    return value is None or value == ""
 
 
 def _is_control_flow(exc: BaseException) -> bool:

@@ -106,6 +106,8 @@ class Deliverer:
     def flush_destination(self, name: str, *, deadline: float | None = None) -> FlushReport:
         settings, queue = self.settings, self.queue
         report = FlushReport(destination=name)
+        if not settings.enabled:
+            return report  # disabled: nothing is sent; what is queued waits for re-enabling
         if deadline is None:
             deadline = time.monotonic() + settings.flush_time_limit
         queue.ensure_destinations(list(self.destinations))
@@ -227,6 +229,16 @@ class Deliverer:
             )
         return held
 
+    def _dead_letter(self, name: str, records: Sequence[Record], error: str) -> None:
+        dropped = self.queue.dead_letter(name, records, error)
+        if dropped:
+            log.warning(
+                "destination %s: %d older dead letter(s) dropped to stay within "
+                "DEAD_LETTER_MAX_EVENTS / DEAD_LETTER_MAX_AGE (see dead_dropped in status)",
+                name,
+                dropped,
+            )
+
     def _deliver(
         self,
         dest: Destination,
@@ -288,7 +300,21 @@ class Deliverer:
             attempt = batch[0].attempts
             outcome = dest.send([r.body for r in batch], attempt=attempt)
             if outcome.ok:
-                queue.ack(name, [r.id for r in batch], delivered=len(batch))
+                if outcome.refused:
+                    # The destination told the bad messages apart itself: no need to split.
+                    for index, why in outcome.refused:
+                        queue.dead_letter(name, [batch[index]], why)
+                    log.warning(
+                        "destination %s refused %d message(s), dead-lettered: %s",
+                        name,
+                        len(outcome.refused),
+                        outcome.refused[0][1],
+                    )
+                    report.dead += len(outcome.refused)
+                    bad = {index for index, _ in outcome.refused}
+                    batch = [r for i, r in enumerate(batch) if i not in bad]
+                if batch:
+                    queue.ack(name, [r.id for r in batch], delivered=len(batch))
                 report.delivered += len(batch)
                 continue
             error = outcome.error or "unknown error"
@@ -303,7 +329,7 @@ class Deliverer:
                     len(batch),
                     error,
                 )
-                queue.dead_letter(name, batch, error)
+                self._dead_letter(name, batch, error)
                 report.dead += len(batch)
                 continue
             # Transient: park this batch and everything after it, back off for everyone.
@@ -311,7 +337,7 @@ class Deliverer:
             left = batch + [r for rest in todo for r in rest]
             expired = [r for r in left if r.enqueued_at < cutoff]
             if expired:
-                queue.dead_letter(name, expired, f"{error} (retry budget exhausted)")
+                self._dead_letter(name, expired, f"{error} (retry budget exhausted)")
                 report.dead += len(expired)
                 log.error(
                     "destination %s: %d message(s) out of retry budget, dead-lettered: %s",

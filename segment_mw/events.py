@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from . import scope as scope_mod
 from .errors import InvalidEvent
 from .serialize import dumps
 from .version import __version__
@@ -83,7 +82,8 @@ def format_timestamp(value: dt.datetime | dt.date | str | None) -> str:
     return value.isoformat(timespec="milliseconds")
 
 
-def _id(value: Any, field_name: str) -> str | None:
+def validated_id(value: Any, field_name: str) -> str | None:
+    """An id given by the caller, as a string; None for none; InvalidEvent for a wrong type."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -136,16 +136,15 @@ def build(
     timestamp: dt.datetime | dt.date | str | None = None,
     message_id: str | None = None,
     default_integrations: Mapping[str, Any] | None = None,
-    use_scope: bool = True,
+    base_context: Mapping[str, Any] | None = None,
 ) -> Entry:
-    """Validate and serialise one message; raise :class:`InvalidEvent` naming the field."""
-    current = scope_mod.current() if use_scope else None
-    uid = _id(user_id, "userId")
-    aid = _id(anonymous_id, "anonymousId")
-    if current is not None:
-        # Through _id too: a scope may hold "" (no one) or an integer primary key.
-        uid = uid or _id(current.user_id, "userId")
-        aid = aid or _id(current.anonymous_id, "anonymousId")
+    """Validate and serialise one message; raise :class:`InvalidEvent` naming the field.
+
+    The ids are the event's own, already resolved (see :mod:`segment_mw.identity`);
+    ``base_context`` is the request's context, under the caller's ``context``.
+    """
+    uid = validated_id(user_id, "userId")
+    aid = validated_id(anonymous_id, "anonymousId")
     if uid is None and aid is None:
         raise InvalidEvent(f"{type_}: userId or anonymousId is required (neither was given)")
 
@@ -154,9 +153,7 @@ def build(
     elif not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_MESSAGE_ID:
         raise InvalidEvent(f"messageId: expected a string of 1 to {MAX_MESSAGE_ID} characters")
 
-    ctx: dict[str, Any] = {}
-    if current is not None and current.context:
-        ctx = dict(current.context)
+    ctx: dict[str, Any] = dict(base_context) if base_context else {}
     if context:
         ctx = merge(ctx, _mapping(context, "context"))
     ctx["library"] = LIBRARY
@@ -212,16 +209,16 @@ def identify_fields(traits: Any) -> dict[str, Any]:
 
 
 def group_fields(group_id: Any, traits: Any) -> dict[str, Any]:
-    gid = _id(group_id, "groupId")
+    gid = validated_id(group_id, "groupId")
     if gid is None:
         raise InvalidEvent("groupId: a group call needs a groupId")
     return {"groupId": gid, "traits": _mapping(traits, "traits")}
 
 
 def alias_fields(previous_id: Any, user_id: Any) -> dict[str, Any]:
-    prev = _id(previous_id, "previousId")
+    prev = validated_id(previous_id, "previousId")
     if prev is None:
         raise InvalidEvent("previousId: an alias call needs a previousId")
-    if _id(user_id, "userId") is None:
+    if validated_id(user_id, "userId") is None:
         raise InvalidEvent("userId: an alias call needs a userId")
     return {"previousId": prev}

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from . import metrics
 from . import scope as scope_mod
 from .api import emit
+from .cache import BoundedCache, memoize
 from .capture import RequestContext, RequestInfo
 from .config import Settings
 from .errors import InvalidEvent
@@ -138,11 +139,17 @@ def extract_title(body: bytes, content_type: str | None, limit: int = 65536) -> 
     if not match:
         return ""
     raw, charset = bytes(match.group(1)), _charset(content_type)
-    # The same pages are viewed again and again: reuse the text of short titles.
-    return _cached_title_text(raw, charset) if len(raw) <= 1024 else _title_text(raw, charset)
+    # The same pages are viewed again and again: reuse the text of short titles. Titles
+    # can echo request data (a search page's), so the cache is bounded in bytes.
+    key = (raw, charset)
+    text: str | None = _titles.get(key)
+    if text is None:
+        text = _title_text(raw, charset)
+        _titles.put(key, text)
+    return text
 
 
-@lru_cache(maxsize=64)
+@memoize(max_bytes=64 * 1024, max_entry_bytes=1024)
 def _charset(content_type: str | None) -> str:
     found = _CHARSET.search(content_type or "")
     return found.group(1) if found else "utf-8"
@@ -156,7 +163,9 @@ def _title_text(raw: bytes, charset: str) -> str:
     return " ".join(html.unescape(text).split())[:1000]
 
 
-_cached_title_text = lru_cache(maxsize=1024)(_title_text)
+_titles: BoundedCache[tuple[bytes, str], str] = BoundedCache(
+    max_bytes=512 * 1024, max_entry_bytes=8192
+)
 
 
 def emit_pageview(
@@ -174,11 +183,15 @@ def emit_pageview(
     properties = rc.page  # page_fields copies it
     if options.get("properties"):
         properties = {**properties, **options["properties"]}
+    # The browser-written ajs_user_id (only where USER_ID_FROM_COOKIE opts in) names the
+    # visitor of a request nobody authenticated; it never overrides a real user.
+    cookie_user = rc.cookie_user_id if rc.cookie_user_id and rc.scope.user_id is None else None
     token = scope_mod.bind(rc.scope)
     try:
         return emit(
             "page",
             page_fields(name, properties, options.get("category")),
+            user_id=cookie_user,
             integrations=options.get("integrations"),
             durable=False,
         )

@@ -40,6 +40,7 @@ KICK_TTL = 60.0  # a kick lost with its task is retried after this long
 # call, so it must move many messages per round trip to keep up.
 PUSH_CHUNK = 5000
 EXIT_TIMEOUT = 2.0
+UNROUTED_TRIM_INTERVAL = 1.0  # seconds between trims by a process that names no destination
 
 
 class _State:
@@ -56,7 +57,13 @@ class _State:
         self.stopping = False
         self.thread: threading.Thread | None = None
         self.start_lock = threading.Lock()
+        # Held while a chunk is out of the buffer but not yet in the queue, so that drain()
+        # (flush(), exit) waits for the writer thread's push in flight instead of seeing an
+        # empty buffer and reporting everything pushed too early.
+        self.push_lock = threading.Lock()
         self.ensured: set[int] = set()
+        self.untrimmed = False  # pushed since the last trim (processes with no destination)
+        self.trim_at = 0.0
         self.threads_run = hosting.background_threads_run()
         self.inline_retry_at = 0.0  # without a thread: no push from requests before then
 
@@ -120,6 +127,7 @@ class Producer:
                 self._spilled(exc)  # nothing was stored: it joins the buffer below
             else:
                 st.kick_wanted = True
+                st.untrimmed = True
                 self._wake(st)
                 return
         if not self._room(st):
@@ -225,6 +233,8 @@ class Producer:
                         return
                     continue
             failures = 0
+            if st.untrimmed:
+                self._trim_unrouted(st)
 
     def _back_off(self, st: _State, failures: int) -> bool:
         """Wait after a failure (never spin: the app's threads need the GIL); True to stop."""
@@ -245,6 +255,11 @@ class Producer:
 
     def _push_some(self, st: _State, queue: Queue, *, kick: bool = False) -> bool:
         """Finish unsure pushes, then push a chunk of the buffer; False on failure."""
+        with st.push_lock:
+            return self._push_held(st, queue, kick=kick)
+
+    def _push_held(self, st: _State, queue: Queue, *, kick: bool) -> bool:
+        """``_push_some`` with the push lock held."""
         if st.unsure and not self._push_unsure(st, queue):
             return False
         if not st.buf:
@@ -268,6 +283,7 @@ class Producer:
             st.buf.extendleft(reversed(chunk))
             self._push_failed(st, exc)
             return False
+        st.untrimmed = True
         if leased is None:
             st.kick_wanted = True  # acquired once the buffer is empty, by _kick
         elif leased:
@@ -284,7 +300,7 @@ class Producer:
             st.restore_unsure(pushes)
             self._push_failed(st, exc)
             return False
-        st.kick_wanted = True
+        st.kick_wanted = st.untrimmed = True
         return True
 
     def _push_failed(self, st: _State, exc: Exception) -> None:
@@ -320,6 +336,26 @@ class Producer:
             return False
         self._request_flush(queue)
         return True
+
+    def _trim_unrouted(self, st: _State, *, now: bool = False) -> None:
+        """In a process that names no destination, trim the log at most once a second.
+
+        Its messages are for whatever destinations other processes (workers) name, and
+        trimming keeps what their cursors still need; when no process names any, nothing
+        will read them, and a staging deployment without a write key must not fill Redis.
+        """
+        if self.settings.destinations:
+            st.untrimmed = False
+            return
+        if not now and time.monotonic() < st.trim_at:
+            return
+        st.untrimmed = False
+        st.trim_at = time.monotonic() + UNROUTED_TRIM_INTERVAL
+        try:
+            self.queue.trim()
+        except Exception:
+            st.untrimmed = True
+            log.debug("trim failed", exc_info=True)
 
     def _ensure_destinations(self, st: _State, queue: Queue) -> None:
         """Once per process and queue: a cursor for every configured destination.
@@ -367,8 +403,17 @@ class Producer:
         if st is None:
             return True
         deadline = time.monotonic() + timeout
-        while (st.buf or st.unsure) and time.monotonic() < deadline:
-            if not self._push_some(st, self.queue, kick=kick):
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not st.push_lock.acquire(timeout=left):
+                break
+            try:
+                if not st.buf and not st.unsure:
+                    break  # and no push is in flight: it held the lock
+                pushed = self._push_held(st, self.queue, kick=kick)
+            finally:
+                st.push_lock.release()
+            if not pushed:
                 time.sleep(0.05)
         if kick and st.kick_wanted and not st.held:
             st.kick_wanted = False
@@ -387,4 +432,6 @@ class Producer:
         if (st.buf or st.unsure or st.kick_wanted) and not self.drain(timeout):
             metrics.count("dropped", st.held)
             log.error("exiting with %d message(s) the queue could not take", st.held)
+        if st.untrimmed:
+            self._trim_unrouted(st, now=True)
         st.thread = None

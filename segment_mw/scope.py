@@ -1,32 +1,113 @@
 """The identity and context of the code that is running now: a request, a task, or nothing.
 
 Middleware binds a :class:`Scope` for the request's duration and the Celery integration
-binds one for a task's; the six calls and ``@tracked`` read it to fill ids and context.
+binds one for a task's; the six calls and ``@tracked`` read it (through
+:mod:`segment_mw.identity`) to fill ids and context. A request's user is asked of the
+framework each time an event is built, so a login or logout mid-request shows at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
 from typing import Any
 
+from . import metrics
 
-@dataclass
+log = logging.getLogger("segment_mw")
+
+#: Asked for the request's authenticated user id when an event is built; None: nobody.
+UserSource = Callable[[], "str | None"]
+
+
+def as_user_id(value: Any) -> str | None:
+    """An id as the frameworks hand them over (a string, an integer or UUID primary key).
+
+    Anything else (a model object, a bool) is no id at all: its repr would make a wrong
+    one, not an error.
+    """
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, bool) or not isinstance(value, (int, uuid.UUID)):
+        return None
+    return str(value)
+
+
 class Scope:
-    user_id: str | None = None
-    anonymous_id: str | None = None
-    context: Mapping[str, Any] = field(default_factory=dict)
-    # The user opted out (GPC, consent): nothing is queued while this scope is bound.
-    opted_out: bool = False
-    # Per-request pageview options set by the view (name, category, properties, skip...).
-    pageview: dict[str, Any] = field(default_factory=dict)
-    # Messages queued while the scope was bound.
-    emitted: int = 0
+    """Who the current request or task is, and the request's context.
+
+    ``user_id`` is the *authenticated* user: one bound explicitly (``set_user``, a task's
+    sender, a script) or else the one the framework reports through ``user_source``. It
+    never comes from a browser-writable cookie.
+    """
+
+    __slots__ = (
+        "_user_id",
+        "anonymous_id",
+        "context",
+        "emitted",
+        "opted_out",
+        "pageview",
+        "user_source",
+    )
+
+    def __init__(
+        self,
+        user_id: Any = None,
+        anonymous_id: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        opted_out: bool = False,
+        pageview: dict[str, Any] | None = None,
+        emitted: int = 0,
+        user_source: UserSource | None = None,
+    ) -> None:
+        self._user_id = as_user_id(user_id)
+        self.anonymous_id = anonymous_id
+        self.context: Mapping[str, Any] = context if context is not None else {}
+        # The user opted out (GPC, consent): nothing about them is queued in this scope.
+        self.opted_out = opted_out
+        # Per-request pageview options set by the view (name, category, properties, skip...).
+        self.pageview: dict[str, Any] = pageview if pageview is not None else {}
+        # Messages queued while the scope was bound.
+        self.emitted = emitted
+        self.user_source = user_source
+
+    @property
+    def user_id(self) -> str | None:
+        if self._user_id is not None or self.user_source is None:
+            return self._user_id
+        try:
+            return as_user_id(self.user_source())
+        except Exception:
+            metrics.count("user_source_failed")
+            metrics.warn_once_per_interval(
+                "user_source_failed", "could not read the request's user", exc_info=True
+            )
+            return None
+
+    @user_id.setter
+    def user_id(self, value: Any) -> None:
+        self._user_id = as_user_id(value)
+
+    def __repr__(self) -> str:
+        # Ids and context are personal data: a repr (in a log, a traceback) says only
+        # what is there.
+        return (
+            f"Scope(user_id={'<set>' if self._user_id else None}, "
+            f"user_source={'<set>' if self.user_source else None}, "
+            f"anonymous_id={'<set>' if self.anonymous_id else None}, "
+            f"context keys={sorted(self.context)}, opted_out={self.opted_out})"
+        )
 
     def to_headers(self) -> dict[str, Any]:
-        """A JSON-safe copy for carrying the scope in a Celery task's headers."""
+        """A JSON-safe copy for carrying the scope in a Celery task's headers.
+
+        The user is read now, when the task is sent: the task acts for whoever the
+        request was at that moment.
+        """
         return {
             "u": self.user_id,
             "a": self.anonymous_id,

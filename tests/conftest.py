@@ -15,6 +15,7 @@ import segment_mw
 from segment_mw import metrics
 from segment_mw.client import Client, reset_client
 
+from .pg import pg_database, warehouse  # noqa: F401 - fixtures for the warehouse tests
 from .sink import Sink, running_sink
 
 REDIS_URL = os.environ.get("SEGMENT_MW_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")

@@ -184,6 +184,14 @@ def test_destination_types_and_options(tmp_path: Path) -> None:
         ({"x": {"type": "log", "level": "LOUD"}}, r"DESTINATIONS\['x'\]\.level"),
         ({"x": {"type": "log", "level": None}}, r"DESTINATIONS\['x'\]\.level"),
         ({"x": {"type": "log", "level": 1.5}}, r"DESTINATIONS\['x'\]\.level"),
+        ({"x": {"type": "postgres"}}, r"DESTINATIONS\['x'\]\.dsn"),
+        ({"x": {"type": "postgres", "dsn": " "}}, r"DESTINATIONS\['x'\]\.dsn"),
+        ({"x": {"type": "postgres", "dsn": "host=h", "schema": "Shop"}}, r"\['x'\]\.schema"),
+        ({"x": {"type": "postgres", "dsn": "host=h", "schema": "pg_x"}}, r"\['x'\]\.schema"),
+        ({"x": {"type": "postgres", "dsn": "host=h", "schema": "user"}}, r"\['x'\]\.schema"),
+        ({"x": {"type": "postgres", "dsn": "host=h", "schema": "a-b"}}, r"\['x'\]\.schema"),
+        ({"x": {"type": "postgres", "dsn": "host=h", "timeout": 0}}, r"\['x'\]\.timeout"),
+        ({"x": {"type": "postgres", "dsn": "host=h", "timeout": True}}, r"\['x'\]\.timeout"),
         ({"All": {"type": "log"}}, r"'All' is reserved"),
         ({"all": {"type": "log"}}, r"'All' is reserved"),
         ({"": {"type": "log"}}, r"non-empty strings"),
@@ -448,6 +456,33 @@ def test_passwords_in_urls_are_not_shown() -> None:
     assert "redis://:***@redis.internal:6379/0" in text
     assert "https://bob:***@x.example/" in text
     assert settings.queue_url == "redis://:redis-SECRET@redis.internal:6379/0"  # still usable
+
+
+def test_postgres_destination_defaults_and_its_dsn_is_never_shown() -> None:
+    settings = load(
+        {
+            "DESTINATIONS": {
+                "warehouse": {"type": "postgres", "dsn": "postgresql://u:pg-SECRET@db/analytics"},
+                "other": {"type": "postgres", "dsn": "host=db password=pg-SECRET2", "schema": "s"},
+            }
+        }
+    )
+    warehouse, other = settings.destinations
+    assert (warehouse.options["schema"], warehouse.options["timeout"]) == ("segment", 10.0)
+    assert other.options["schema"] == "s"
+    shown = repr(settings) + str(warehouse.options) + repr(other) + repr(Client(settings))
+    for config in settings.destinations:
+        dest = make_destination(config)
+        shown += repr(dest) + repr(dest.options) + str(vars(dest).get("target"))
+    assert "pg-SECRET" not in shown
+    assert warehouse.options["dsn"] == "postgresql://u:pg-SECRET@db/analytics"  # still usable
+
+
+def test_an_unreadable_dsn_is_refused_without_repeating_it() -> None:
+    # libpq's own message would quote the string, password and all.
+    with pytest.raises(ConfigurationError, match=r"\['w'\]\.dsn") as caught:
+        load({"DESTINATIONS": {"w": {"type": "postgres", "dsn": "password=pg-SECRET host"}}})
+    assert "pg-SECRET" not in str(caught.value)
 
 
 def test_env_write_key_is_not_shown_either() -> None:

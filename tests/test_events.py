@@ -260,17 +260,36 @@ def test_identity_comes_from_the_bound_scope(
     assert (message["userId"], message["anonymousId"]) == ("u-scope", "a-scope")
 
 
-def test_explicit_ids_win_over_the_scope(client: Client, segment_events: CapturedEvents) -> None:
-    with segment_mw.bound(segment_mw.Scope(user_id="u-scope", anonymous_id="a-scope")):
-        segment_mw.track("Clicked", user_id="u-explicit")
-        segment_mw.track("Clicked", anonymous_id="a-explicit")
+def test_an_event_about_someone_else_takes_nothing_from_the_scope(
+    client: Client, segment_events: CapturedEvents
+) -> None:
+    request = segment_mw.Scope(
+        user_id="u-scope", anonymous_id="a-scope", context={"ip": "203.0.113.9"}
+    )
+    with segment_mw.bound(request):
+        segment_mw.track("Clicked", user_id="u-explicit")  # another user
+        segment_mw.track("Clicked", anonymous_id="a-explicit")  # another browser
         segment_mw.identify("u-explicit", anonymous_id="a-explicit")
-    ids = [(e["userId"], e["anonymousId"]) for e in segment_events]
+        segment_mw.track("Clicked", user_id="u-scope")  # the request's own user
+    ids = [(e.get("userId"), e.get("anonymousId"), e["context"].get("ip")) for e in segment_events]
     assert ids == [
-        ("u-explicit", "a-scope"),
-        ("u-scope", "a-explicit"),
-        ("u-explicit", "a-explicit"),
+        ("u-explicit", None, None),
+        (None, "a-explicit", None),
+        ("u-explicit", "a-explicit", None),
+        ("u-scope", "a-scope", "203.0.113.9"),
     ]
+
+
+def test_an_anonymous_scope_naming_a_user_keeps_its_anonymous_id(
+    client: Client, segment_events: CapturedEvents
+) -> None:
+    # A sign-up: the link between the two ids is what merges the visitor's history.
+    request = segment_mw.Scope(anonymous_id="a-scope", context={"ip": "203.0.113.9"})
+    with segment_mw.bound(request):
+        segment_mw.identify("u-new", {"plan": "pro"})
+    [event] = segment_events
+    assert (event["userId"], event["anonymousId"]) == ("u-new", "a-scope")
+    assert event["context"]["ip"] == "203.0.113.9"
 
 
 def test_scope_with_only_an_anonymous_id(client: Client, segment_events: CapturedEvents) -> None:

@@ -75,3 +75,34 @@ def test_producers_create_cursors_so_an_old_worker_cannot_trim_a_new_destination
     lines = (tmp_path / "b.jsonl").read_text().splitlines()
     assert len(lines) == 4
     assert all(i in "".join(lines) for i in ids)
+
+
+def test_drain_waits_for_the_push_the_writer_thread_has_in_flight(configure):
+    """flush() must not report success while the writer thread still holds messages."""
+    client = configure(DESTINATIONS={"log": {"type": "log"}})
+    queue = client.queue
+    original = queue.push
+    in_push, release = threading.Event(), threading.Event()
+
+    def slow_push(entries):
+        in_push.set()
+        release.wait(5)
+        return original(entries)
+
+    producer = Producer(queue, client.settings)
+    queue.push = slow_push  # type: ignore[method-assign]
+    producer.submit(segment_mw.events.build("track", {"event": "E"}, user_id="u"))
+    assert in_push.wait(5)  # the writer took the message out of the buffer
+    assert producer.buffered == 0
+
+    drained: list[bool] = []
+    drainer = threading.Thread(target=lambda: drained.append(producer.drain(5)))
+    drainer.start()
+    drainer.join(0.2)
+    assert drainer.is_alive()  # still waiting for the push in flight
+    release.set()
+    drainer.join(5)
+    assert drained == [True]
+    [record] = queue.read_new("log", "c", 10)  # in the queue by the time drain returned
+    assert b'"event":"E"' in record.body
+    producer.close(timeout=1)

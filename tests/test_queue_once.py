@@ -37,8 +37,10 @@ def test_a_push_answered_too_late_is_finished_without_storing_it_twice(
     direct: RedisQueue, queue_prefix: str
 ) -> None:
     pushed = entries(10)
-    with slow_redis(late=1.0, delay=0.5) as proxy:
+    with slow_redis(delay=0.5) as proxy:
         slow = open_queue(proxy.url(), prefix=queue_prefix, timeout=0.1)
+        assert slow.client  # connected (its server checked) while Redis answers in time
+        proxy.late = 1.0
         with pytest.raises(PushFailed) as failed:
             slow.push(pushed)
         slow.close()
@@ -59,8 +61,9 @@ def test_a_pipeline_broken_part_way_is_finished_with_what_is_missing(
     pushed = entries(3 * SCRIPT_ENTRIES)
     one_script = sum(len(e.body) for e in pushed[:SCRIPT_ENTRIES])
     with slow_redis() as proxy:
-        proxy.cut(after=one_script + one_script // 2)  # the first script whole, no more
         broken = open_queue(proxy.url(), prefix=queue_prefix, timeout=2.0)
+        assert broken.client  # connected, its server checked
+        proxy.cut(after=one_script + one_script // 2)  # the first script whole, no more
         with pytest.raises(PushFailed) as failed:
             broken.push(pushed)
         broken.close()

@@ -1,4 +1,8 @@
-"""Destinations by type: ``segment``, ``http``, ``jsonl`` and ``log``."""
+"""Destinations by type: ``segment``, ``http``, ``jsonl``, ``log`` and ``postgres``.
+
+``postgres`` is imported when a destination of that type is made: its driver is an extra
+that processes which never deliver (web processes with a Redis queue) need not install.
+"""
 
 from __future__ import annotations
 
@@ -18,4 +22,8 @@ __all__ = ["Destination", "Outcome", "make_destination"]
 
 
 def make_destination(config: DestinationConfig) -> Destination:
+    if config.type == "postgres":
+        from .postgres import PostgresDestination
+
+        return PostgresDestination(config.name, config.options)
     return TYPES[config.type](config.name, config.options)

@@ -17,10 +17,17 @@ class Outcome:
     retry_after: float | None = None  # seconds the destination asked us to wait
     split: bool = False  # the batch was rejected as a whole: isolate the bad message(s)
     error: str | None = None
+    #: with ``ok``: positions in the batch refused for good, and why; the rest was delivered
+    refused: tuple[tuple[int, str], ...] = ()
 
     @classmethod
     def success(cls) -> Outcome:
         return cls(ok=True)
+
+    @classmethod
+    def partial(cls, refused: Mapping[int, str]) -> Outcome:
+        """Delivered, except the messages at these positions: those can never be."""
+        return cls(ok=True, refused=tuple(sorted(refused.items())))
 
     @classmethod
     def transient(cls, error: str, retry_after: float | None = None) -> Outcome:

@@ -1,8 +1,13 @@
-"""System checks (``manage.py check``) for the settings and the middleware placement.
+"""System checks (``manage.py check``) for the settings, the queue and the middleware.
 
 Errors: ``segment_mw.E001`` invalid ``SEGMENT_MW``, ``E002`` a Segment destination without
-a write key, ``E003`` an unusable ``QUEUE_URL``. Warnings: ``segment_mw.W001`` middleware
-missing, ``W002`` middleware before ``AuthenticationMiddleware``, ``W003`` no destination.
+a write key, ``E003`` an unusable ``QUEUE_URL``, ``E004`` a Redis too old for the queue.
+Warnings: ``segment_mw.W001`` middleware missing, ``W002`` middleware before
+``AuthenticationMiddleware``, ``W003`` no destination, ``W004`` middleware after
+``FetchFromCacheMiddleware`` (cache hits record no pageview), ``W005`` a Redis
+``maxmemory-policy`` that can evict the queue, ``W006`` one that can evict its leases,
+``W007`` the local SQLite fallback with ``DEBUG = False``. The Redis checks connect with a
+short timeout and say nothing when Redis does not answer (``segment-mw status`` does).
 """
 
 from __future__ import annotations
@@ -15,37 +20,21 @@ from urllib.parse import urlsplit
 from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
-from django.utils.module_loading import import_string
 
-from ..config import Settings, load_settings
+from ..config import Settings, hide_password, load_settings
 from ..errors import ConfigurationError
+from ..queue import DeadLetterLimits, open_queue
+from . import stack
 from .apps import raw_settings
+from .stack import AUTH_MIDDLEWARE, FETCH_CACHE_MIDDLEWARE, MIDDLEWARE
 
-MIDDLEWARE = "segment_mw.django.SegmentMiddleware"
-AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
-
-
-def _is_subclass(path: str, base_path: str) -> bool:
-    if path == base_path:
-        return True
-    try:
-        found, base = import_string(path), import_string(base_path)
-    except ImportError:
-        return False
-    return isinstance(found, type) and isinstance(base, type) and issubclass(found, base)
-
-
-def _position(middleware: Sequence[str], base_path: str) -> int | None:
-    for index, path in enumerate(middleware):
-        if isinstance(path, str) and _is_subclass(path, base_path):
-            return index
-    return None
+SERVER_CHECK_TIMEOUT = 1.0
 
 
 @register()
 def check_middleware(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
-    middleware = list(getattr(settings, "MIDDLEWARE", None) or ())
-    ours = _position(middleware, MIDDLEWARE)
+    middleware = stack.current()
+    ours = stack.position(middleware, MIDDLEWARE)
     if ours is None:
         return [
             Warning(
@@ -55,17 +44,28 @@ def check_middleware(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> 
                 id="segment_mw.W001",
             )
         ]
-    auth = _position(middleware, AUTH_MIDDLEWARE)
+    messages: list[CheckMessage] = []
+    auth = stack.position(middleware, AUTH_MIDDLEWARE)
     if auth is not None and auth > ours:
-        return [
+        messages.append(
             Warning(
                 "SegmentMiddleware comes before AuthenticationMiddleware, so it cannot see "
                 "the logged-in user: events get no userId from request.user.",
                 hint=f"Move {MIDDLEWARE!r} below {AUTH_MIDDLEWARE!r} in MIDDLEWARE.",
                 id="segment_mw.W002",
             )
-        ]
-    return []
+        )
+    if stack.before_ours(middleware, FETCH_CACHE_MIDDLEWARE):
+        messages.append(
+            Warning(
+                "SegmentMiddleware comes after FetchFromCacheMiddleware: pages served from "
+                "Django's cache never reach it, so they record no pageview.",
+                hint=f"Place {MIDDLEWARE!r} after {AUTH_MIDDLEWARE!r} and before "
+                f"{FETCH_CACHE_MIDDLEWARE!r} (which stays last) in MIDDLEWARE.",
+                id="segment_mw.W004",
+            )
+        )
+    return messages
 
 
 def _queue_url_problem(url: str) -> str | None:
@@ -145,3 +145,61 @@ def check_settings(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
             )
         )
     return messages
+
+
+@register()
+def check_queue(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    loaded, errors = _settings_errors(raw_settings())
+    if loaded is None or errors or not loaded.enabled:
+        return []  # check_settings reports the errors; a disabled client queues nothing
+    messages: list[CheckMessage] = []
+    if loaded.queue_url_source == "default" and not settings.DEBUG:
+        messages.append(
+            Warning(
+                "SEGMENT_MW has no QUEUE_URL, so with DEBUG = False events go to a local "
+                f"SQLite file ({loaded.queue_url}): each server keeps a queue of its own, "
+                "delivered by a thread in each web process, and lost with the machine.",
+                hint="Set QUEUE_URL (or SEGMENT_MW_QUEUE_URL) to redis://host:6379/0 and run "
+                "a Celery worker; name the sqlite:/// URL explicitly if the embedded queue "
+                "is what you want.",
+                id="segment_mw.W007",
+            )
+        )
+    if loaded.queue_url.startswith(("redis", "unix")):
+        messages.extend(_redis_server_messages(loaded))
+    return messages
+
+
+def _redis_server_messages(loaded: Settings) -> list[CheckMessage]:
+    import redis
+
+    queue = open_queue(
+        loaded.queue_url,
+        prefix=loaded.queue_prefix,
+        timeout=SERVER_CHECK_TIMEOUT,
+        dead_letters=DeadLetterLimits(loaded.dead_letter_max_events, loaded.dead_letter_max_age),
+    )
+    try:
+        warnings = queue.check_server()
+    except ConfigurationError as exc:
+        return [
+            Error(
+                f"SEGMENT_MW: {exc}.",
+                hint="segment_mw needs Redis 7.0 or later.",
+                id="segment_mw.E004",
+            )
+        ]
+    except (redis.RedisError, OSError):
+        return []  # not reachable now: a deployment problem, not a settings one
+    finally:
+        queue.close()
+    where = hide_password(loaded.queue_url)
+    return [
+        Warning(
+            f"SEGMENT_MW: the queue's Redis ({where}): {warning.message}",
+            hint="CONFIG SET maxmemory-policy noeviction (and in redis.conf), or give "
+            "segment_mw a Redis of its own with that policy.",
+            id="segment_mw.W005" if warning.kind == "evicts-queue" else "segment_mw.W006",
+        )
+        for warning in warnings
+    ]

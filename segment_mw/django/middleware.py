@@ -10,6 +10,7 @@ session itself, so it adds no ``Vary: Cookie``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -30,10 +31,13 @@ from django.utils.functional import LazyObject, empty
 
 from .. import metrics, pageviews
 from .. import scope as scope_mod
-from ..capture import ANONYMOUS_ID_COOKIE, COOKIE_MAX_AGE, RequestContext, RequestInfo, capture
+from ..cache import BoundedCache
+from ..capture import RequestContext, RequestInfo, capture
 from ..client import get_client
 from ..config import Settings
-from ..scope import Scope
+from ..identity import ANONYMOUS_ID_COOKIE, COOKIE_MAX_AGE, wants_cookie
+from ..scope import Scope, as_user_id
+from . import stack
 from .apps import state
 
 log = logging.getLogger("segment_mw.django")
@@ -114,7 +118,10 @@ _HOST_META = (
 _HOST_SETTINGS = frozenset(
     {"ALLOWED_HOSTS", "DEBUG", "USE_X_FORWARDED_HOST", "USE_X_FORWARDED_PORT"}
 )
-_hosts: dict[tuple[Any, ...], str] = {}
+# Keyed by headers the client sends (probes with made-up hosts): bounded in bytes.
+_hosts: BoundedCache[tuple[Any, ...], str] = BoundedCache(
+    max_bytes=256 * 1024, max_entry_bytes=2048
+)
 
 
 def _forget_hosts(*, setting: str, **kwargs: Any) -> None:
@@ -143,9 +150,7 @@ def _host(request: HttpRequest) -> str:
             port = str(meta.get("SERVER_PORT", ""))
             if port and port not in ("80", "443"):
                 host = f"{host}:{port}"
-        if len(_hosts) >= 256:
-            _hosts.clear()  # many hosts (probes with made-up Host headers): stay bounded
-        _hosts[key] = host
+        _hosts.put(key, host)
     return host
 
 
@@ -168,87 +173,75 @@ def request_info(request: HttpRequest) -> RequestInfo:
 def _id_of(user: Any) -> str | None:
     if not getattr(user, "is_authenticated", False):
         return None
-    pk = getattr(user, "pk", None)
-    return None if pk is None else str(pk)
+    return as_user_id(getattr(user, "pk", None))
 
 
-def loaded_user_id(request: HttpRequest) -> str | None:
-    """The id of the user the app has loaded for this request so far; never loads it.
+def session_user_id(request: HttpRequest) -> str | None:
+    """The user id the request's session holds, read without making the response vary.
 
-    Evaluating ``request.user`` reads the session, and a session that was read makes
-    ``SessionMiddleware`` add ``Vary: Cookie``, which would change every response. So this
-    looks only at what is already there: a user object put on the request (``login()``
-    does that), the lazy ``request.user`` once evaluated (``_cached_user``), the result of
-    ``await request.auser()``, or, when the session was read anyway, its user id.
+    Reading a session marks it accessed, and ``SessionMiddleware`` answers an accessed
+    session with ``Vary: Cookie``, which would change the caching of every response; so
+    the flag is put back as it was (as django-structlog does). The id is the one
+    ``login()`` stored; unlike ``request.user`` it is not checked against the user's
+    current password hash, which ``request.user`` does once the app evaluates it.
+    """
+    session = request.__dict__.get("session")
+    if session is None:
+        return None
+    accessed = session.accessed
+    try:
+        value = session.get(SESSION_KEY)
+    finally:
+        session.accessed = accessed
+    return as_user_id(value)
+
+
+def authenticated_user_id(request: HttpRequest) -> str | None:
+    """The id of the request's authenticated user as Django knows it now; never loads it.
+
+    In order: a user object the app put on the request (``login()``, Django REST
+    framework's authentication), the lazy ``request.user`` once evaluated, the result of
+    ``await request.auser()``, and else the session's user id. Asked each time an event
+    is built, so a login or logout during the request shows in what follows it.
     """
     attrs = request.__dict__
     user = attrs.get("user")
     if isinstance(user, LazyObject):
         user = user._wrapped
         if user is empty:
-            user = attrs.get("_cached_user", attrs.get("_acached_user", empty))
+            user = attrs.get("_cached_user", empty)
     if user is not None and user is not empty:
         return _id_of(user)
     cached = attrs.get("_acached_user")
     if cached is not None:
         return _id_of(cached)
-    session = attrs.get("session")
-    if session is not None and getattr(session, "accessed", False):
-        value = session.get(SESSION_KEY)
-        return value if isinstance(value, str) and value else None
-    return None
+    return session_user_id(request)
 
 
-class RequestScope(Scope):
-    """A request's scope whose ``userId`` follows the user once the app has loaded it.
+def _session_unread(request: HttpRequest) -> bool:
+    """Whether the browser sent a session the async middleware should load up front.
 
-    Until then (and for anonymous users) it is the id captured at the start: the
-    ``ajs_user_id`` cookie's. Reading it never loads the user (see :func:`loaded_user_id`).
+    Events are built in synchronous code, where an async view must not query the session
+    store, so its user id is read before the view runs (no session cookie: no user).
     """
-
-    def __init__(self, base: Scope, request: HttpRequest) -> None:
-        self._request = request
-        self._start_user_id: str | None = None
-        super().__init__(
-            user_id=base.user_id,
-            anonymous_id=base.anonymous_id,
-            context=base.context,
-            opted_out=base.opted_out,
-            pageview=base.pageview,
-            emitted=base.emitted,
-        )
-
-    @property
-    def user_id(self) -> str | None:
-        try:
-            found = loaded_user_id(self._request)
-        except Exception:
-            metrics.count("django_user_failed")
-            metrics.warn_once_per_interval(
-                "django_user_failed",
-                "could not read the request's user",
-                logger=log,
-                exc_info=True,
-            )
-            found = None
-        return found if found is not None else self._start_user_id
-
-    @user_id.setter
-    def user_id(self, value: str | None) -> None:
-        self._start_user_id = value
+    return (
+        request.__dict__.get("session") is not None
+        and django_settings.SESSION_COOKIE_NAME in request.COOKIES
+    )
 
 
-def _normalise_user_id(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    return value if isinstance(value, str) else str(value)
+async def _aprime_session(request: HttpRequest) -> None:
+    try:
+        await sync_to_async(session_user_id)(request)  # loads and caches the session
+    except Exception:
+        _failed("django_user_failed", "could not read the request's session")
 
 
 def _resolve_user_id(resolver: Callable[[Any], Any], request: HttpRequest) -> str | None:
     try:
         if iscoroutinefunction(resolver):
-            return _normalise_user_id(async_to_sync(resolver)(request))
-        return _normalise_user_id(resolver(request))
+            return as_user_id(async_to_sync(resolver)(request))
+        return as_user_id(resolver(request))
     except Exception:
         _failed("user_id_failed", "the USER_ID callable failed")
         return None
@@ -257,9 +250,9 @@ def _resolve_user_id(resolver: Callable[[Any], Any], request: HttpRequest) -> st
 async def _aresolve_user_id(resolver: Callable[[Any], Any], request: HttpRequest) -> str | None:
     try:
         if iscoroutinefunction(resolver):
-            return _normalise_user_id(await resolver(request))
+            return as_user_id(await resolver(request))
         # A user's callable may query the database, which async code must not do directly.
-        return _normalise_user_id(await sync_to_async(resolver)(request))
+        return as_user_id(await sync_to_async(resolver)(request))
     except Exception:
         _failed("user_id_failed", "the USER_ID callable failed")
         return None
@@ -288,9 +281,9 @@ def _current_settings() -> Settings | None:
 
 def _begin(request: HttpRequest, settings: Settings, user_id: str | None) -> _Captured:
     info = request_info(request)
-    rc = capture(info, settings, user_id=user_id)
-    if settings.user_id is None:
-        rc.scope = RequestScope(rc.scope, request)
+    # The app's USER_ID callable names the user once; otherwise Django is asked per event.
+    source = None if settings.user_id else functools.partial(authenticated_user_id, request)
+    rc = capture(info, settings, user_id=user_id, user_source=source)
     token = scope_mod.bind(rc.scope)
     return _Captured(info, rc, settings, token)
 
@@ -351,10 +344,20 @@ def _finish(request: HttpRequest, response: HttpResponseBase, captured: _Capture
     except Exception:
         _failed("django_pageview_failed", "pageview failed")
     try:
-        if rc.anonymous_id and _wants_cookie(request, response, rc, settings, static):
+        if rc.new_anonymous_id and wants_cookie(
+            rc,
+            settings,
+            browser_sent=ANONYMOUS_ID_COOKIE in request.COOKIES,
+            app_set=ANONYMOUS_ID_COOKIE in response.cookies,
+            # Static and media files too: shared caches keep them.
+            excluded_path=bool(static is not None and static.search(request.path))
+            or pageviews.is_excluded_path(request.path, settings),
+            cache_control=response.get("Cache-Control"),
+            cache_middleware=stack.cache_middleware_outside(),
+        ):
             response.set_cookie(
                 ANONYMOUS_ID_COOKIE,
-                rc.anonymous_id,
+                str(rc.anonymous_id),
                 max_age=COOKIE_MAX_AGE,
                 path="/",
                 domain=settings.cookie_domain,
@@ -364,27 +367,6 @@ def _finish(request: HttpRequest, response: HttpResponseBase, captured: _Capture
             )
     except Exception:
         _failed("django_cookie_failed", "could not set the anonymous id cookie")
-
-
-def _wants_cookie(
-    request: HttpRequest,
-    response: HttpResponseBase,
-    rc: RequestContext,
-    settings: Settings,
-    static: re.Pattern[str] | None,
-) -> bool:
-    if not (rc.new_anonymous_id and settings.set_cookie):
-        return False
-    if rc.opted_out:
-        return False
-    # Never overwrite: not one the browser sent (even one we could not read), nor one the
-    # view set itself.
-    if ANONYMOUS_ID_COOKIE in request.COOKIES or ANONYMOUS_ID_COOKIE in response.cookies:
-        return False
-    # Static and media files are often cached by shared caches: no per-visitor cookie there.
-    if static is not None and static.search(request.path):
-        return False
-    return not rc.is_bot  # last: the costliest check
 
 
 class SegmentMiddleware:
@@ -401,6 +383,19 @@ class SegmentMiddleware:
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
+        else:
+            # Under the WSGI handler an async view runs in an event loop of its own, where
+            # its events cannot load the session: it is loaded just before such a view. An
+            # instance attribute, so that the async middleware has no view hook, which
+            # Django would run through a thread on every request.
+            setattr(self, "process_view", self._before_view)  # noqa: B010
+
+    def _before_view(self, request: HttpRequest, view: Any, *args: Any) -> None:
+        try:
+            if iscoroutinefunction(view) and _session_unread(request):
+                session_user_id(request)
+        except Exception:
+            _failed("django_user_failed", "could not read the request's session")
 
     def __repr__(self) -> str:
         return f"<SegmentMiddleware async_mode={self.async_mode}>"
@@ -435,6 +430,8 @@ class SegmentMiddleware:
             if settings is not None:
                 resolver = settings.user_id
                 user_id = await _aresolve_user_id(resolver, request) if resolver else None
+                if resolver is None and _session_unread(request):
+                    await _aprime_session(request)
                 captured = _begin(request, settings, user_id)
         except Exception:
             _failed("django_capture_failed", "could not capture the request")

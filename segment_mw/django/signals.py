@@ -11,6 +11,7 @@ from typing import Any
 from django.contrib.auth.signals import user_logged_in, user_logged_out
 
 from .. import api, metrics
+from ..scope import as_user_id
 
 log = logging.getLogger("segment_mw.django")
 
@@ -19,8 +20,7 @@ _LOGOUT_UID = "segment_mw.user_logged_out"
 
 
 def _user_id(user: Any) -> str | None:
-    pk = getattr(user, "pk", None)
-    return None if pk is None else str(pk)
+    return as_user_id(getattr(user, "pk", None))
 
 
 def _failed() -> None:

@@ -4,7 +4,10 @@ The queue is one append-only log with an independent cursor per destination: eac
 destination reads every message, takes the ones routed to it, and acknowledges them when
 delivered or dead-lettered. A message leaves storage once every destination is past it.
 Messages a consumer holds but has not acknowledged are *pending*; a consumer that died is
-detected by how long its messages have been idle, and others claim them.
+detected by how long its messages have been idle, and others claim them. Storage is
+bounded: the log is trimmed past what every cursor is done with (everything, when the
+queue has no cursor at all), and each destination's dead letters are capped by count and
+by age, what the caps drop being counted.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import DEFAULTS
 from ..events import Entry
 
 RETRY_CONSUMER = "__retry__"
@@ -99,6 +103,27 @@ class Lease(abc.ABC):
         """Give it up if still ours (never someone else's that took it after it lapsed)."""
 
 
+@dataclass(frozen=True)
+class DeadLetterLimits:
+    """How many dead letters a destination keeps (the newest) and for how long (seconds)."""
+
+    max_events: int
+    max_age: float
+
+
+DEFAULT_DEAD_LETTER_LIMITS = DeadLetterLimits(
+    DEFAULTS["DEAD_LETTER_MAX_EVENTS"], DEFAULTS["DEAD_LETTER_MAX_AGE"]
+)
+
+
+@dataclass(frozen=True)
+class ServerWarning:
+    """A property of the server that puts the queue at risk (``kind`` names which)."""
+
+    kind: str  # "evicts-queue" or "evicts-leases"
+    message: str
+
+
 @dataclass
 class DestinationStatus:
     name: str
@@ -106,6 +131,7 @@ class DestinationStatus:
     delivered: int = 0
     retrying: int = 0
     dead: int = 0
+    dead_dropped: int = 0  # dead letters the DEAD_LETTER_MAX_* caps dropped, ever
     last_error: str | None = None
     last_error_at: float | None = None
     backoff_until: float | None = None
@@ -116,6 +142,7 @@ class DestinationStatus:
             "delivered": self.delivered,
             "retrying": self.retrying,
             "dead": self.dead,
+            "dead_dropped": self.dead_dropped,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "backoff_until": self.backoff_until,
@@ -131,14 +158,18 @@ class QueueStatus:
     # Destinations the queue keeps a cursor for that the settings no longer name: their
     # cursor holds the log back from trimming until ``segment-mw forget`` drops it.
     unconfigured: list[str] = field(default_factory=list)
+    stored: int = 0  # messages the log holds, for every destination together
+    warnings: list[str] = field(default_factory=list)  # from check_server()
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "depth": self.depth,
             "oldest_age": self.oldest_age,
+            "stored": self.stored,
             "destinations": {n: d.as_dict() for n, d in self.destinations.items()},
             "counters": dict(self.counters),
             "unconfigured": list(self.unconfigured),
+            "warnings": list(self.warnings),
         }
 
 
@@ -231,8 +262,12 @@ class Queue(abc.ABC):
         """Mark messages done for ``destination``; count ``delivered`` of them as delivered."""
 
     @abc.abstractmethod
-    def dead_letter(self, destination: str, records: Sequence[Record], error: str) -> None:
-        """Move ``records`` to the destination's dead letters (and acknowledge them)."""
+    def dead_letter(self, destination: str, records: Sequence[Record], error: str) -> int:
+        """Move ``records`` to the destination's dead letters (and acknowledge them).
+
+        Past ``DEAD_LETTER_MAX_EVENTS`` the oldest dead letters are dropped, and counted as
+        ``dead_dropped``; returns how many were.
+        """
 
     @abc.abstractmethod
     def replay(self, destination: str) -> int:
@@ -240,7 +275,11 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     def trim(self) -> None:
-        """Drop messages every destination is done with."""
+        """Drop messages every cursor is done with, and dead letters past the age cap.
+
+        With no cursor at all (no process names a destination) nothing will ever read the
+        log, so everything in it is dropped.
+        """
 
     # -- shared state ------------------------------------------------------------------
     @abc.abstractmethod
@@ -269,7 +308,15 @@ class Queue(abc.ABC):
         """Take the lease ``name`` for ``ttl`` seconds; None while someone else holds it."""
 
     @abc.abstractmethod
-    def status(self, destinations: Sequence[str]) -> QueueStatus: ...
+    def status(self, destinations: Sequence[str]) -> QueueStatus:
+        """Counts for an operator, at the same cost whatever the backlog: nothing reads it."""
+
+    def check_server(self) -> list[ServerWarning]:
+        """What puts the queue at risk on its server; ConfigurationError if it cannot hold it.
+
+        Backends without a server have nothing to report.
+        """
+        return []
 
     @abc.abstractmethod
     def known_destinations(self) -> list[str]:

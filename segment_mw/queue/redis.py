@@ -5,7 +5,9 @@ each destination reads it independently; ``XACK`` marks it done for one destinat
 the stream is trimmed up to the oldest message any group still needs. Messages parked for
 retry belong to a reserved consumer in the group, so a retry re-sends to that destination
 only. Connections are opened lazily and re-opened after a fork, with bounded timeouts and
-no client-side retry loop.
+no client-side retry loop. The first use checks the server: Redis 7.0 or later (XINFO
+GROUPS' ``lag`` lets ``status`` count the backlog without reading it; XTRIM MINID and
+XPENDING IDLE are 6.2), and a ``maxmemory-policy`` that can evict our keys is warned of.
 """
 
 from __future__ import annotations
@@ -32,11 +34,15 @@ from redis.exceptions import LockError, NoScriptError
 from redis.lock import Lock
 from redis.retry import Retry
 
-from .. import forks
+from .. import forks, metrics
+from ..config import hide_password
+from ..errors import ConfigurationError
 from ..events import Entry
 from .base import (
+    DEFAULT_DEAD_LETTER_LIMITS,
     RETRY_CONSUMER,
     Backoff,
+    DeadLetterLimits,
     DestinationStatus,
     Lease,
     Push,
@@ -44,9 +50,22 @@ from .base import (
     Queue,
     QueueStatus,
     Record,
+    ServerWarning,
 )
 
 log = logging.getLogger("segment_mw.queue")
+
+MIN_REDIS_VERSION = (7, 0)
+_logged_warnings: set[str] = set()
+
+# Caps a destination's dead letters and counts what the caps drop, in one atomic step:
+# KEYS dead stream, stats hash; ARGV max events, the oldest id kept (ms-seq).
+_CAP_DEAD_LETTERS = """
+local dropped = redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[1])
+dropped = dropped + redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
+if dropped > 0 then redis.call('HINCRBY', KEYS[2], 'dead_dropped', dropped) end
+return dropped
+"""
 
 _pack_command: Callable[[tuple[bytes | str, ...]], bytes] | None
 try:
@@ -269,22 +288,87 @@ class _RedisLease(Lease):
             log.debug("lease %s was no longer held", self.name)
 
 
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.split("."):
+        digits = "".join(c for c in part if c.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def server_warnings(
+    server: dict[str, Any], memory: dict[str, Any], where: str
+) -> list[ServerWarning]:
+    """Judge ``INFO server`` and ``INFO memory``: too old raises, eviction is warned of.
+
+    ``allkeys-*`` policies may evict the log and the dead letters themselves. ``volatile-*``
+    ones evict only keys with a TTL: ours are the leases and back-off records (the queue
+    has none), so a batch may be sent twice or a back-off cut short, but nothing is lost.
+    """
+    version = str(server.get("redis_version", "unknown"))
+    if _version(version) < MIN_REDIS_VERSION:
+        needed = ".".join(map(str, MIN_REDIS_VERSION))
+        raise ConfigurationError(
+            f"QUEUE_URL: the Redis server at {where} runs version {version}; segment_mw "
+            f"needs Redis {needed} or later (XINFO GROUPS lag, XTRIM MINID, XPENDING IDLE). "
+            "Upgrade it, or point QUEUE_URL at a newer server"
+        )
+    policy = str(memory.get("maxmemory_policy", "noeviction"))
+    if policy == "noeviction":
+        return []
+    limit = (
+        ""
+        if int(memory.get("maxmemory") or 0)
+        else " (maxmemory is 0 now, so nothing is evicted until a limit is set)"
+    )
+    if policy.startswith("volatile-"):
+        return [
+            ServerWarning(
+                "evicts-leases",
+                f"Redis maxmemory-policy is {policy}: when memory is full Redis evicts keys "
+                "with a TTL, among them segment_mw's leases and back-off records, so a batch "
+                "may be sent twice or a back-off cut short (the queue itself has no TTL and "
+                f"is kept){limit}. Set maxmemory-policy noeviction to rule that out.",
+            )
+        ]
+    return [
+        ServerWarning(
+            "evicts-queue",
+            f"Redis maxmemory-policy is {policy}: when memory is full Redis may evict the "
+            f"queue itself (the log, dead letters, counters) and events are lost without a "
+            f"trace{limit}. Set maxmemory-policy noeviction: a full Redis then refuses "
+            "writes, and each process holds events in its bounded spill until it has room.",
+        )
+    ]
+
+
 class RedisQueue(Queue):
     url_schemes = ("redis", "rediss", "unix")
     # A read may run in another thread while this one acknowledges: redis-py's connection
     # pool is thread-safe. The deliverer reads the next batch while it sends this one.
     concurrent_reads = True
 
-    def __init__(self, url: str, *, prefix: str = "segment_mw", timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "segment_mw",
+        timeout: float = 5.0,
+        dead_letters: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS,
+    ) -> None:
         self.url = url
         self.prefix = prefix
         self.timeout = timeout
+        self.dead_letters = dead_letters
         self.stream = f"{prefix}:log"
         self._stream_key = self.stream.encode()
         # Made in each process (a forked child must not share the parent's sockets, nor
         # push under its origins: the same ordinals would be taken for stored ones).
         self._client: forks.ProcessLocal[Any] = forks.ProcessLocal(self._connect)
         self._origins: forks.ProcessLocal[_Origins] = forks.ProcessLocal(_Origins)
+        self._server_checked = False
         self._known_groups: set[str] = set()
 
     def __repr__(self) -> str:
@@ -314,7 +398,38 @@ class RedisQueue(Queue):
 
     @property
     def client(self) -> Any:
-        return self._client.get()
+        client = self._client.get()
+        if not self._server_checked:
+            self._check_at_first_connect(client)
+        return client
+
+    def _check_at_first_connect(self, client: Any) -> None:
+        """Refuse a server too old for the queue; warn once of one that can evict it.
+
+        Raises ConfigurationError every time until the server is replaced: the producer
+        keeps the events in its bounded spill meanwhile, and counts and logs the failure.
+        """
+        try:
+            warnings = self._server_warnings(client)
+        except ConfigurationError as exc:
+            metrics.count("misconfigured")
+            metrics.warn_once_per_interval("misconfigured", "%s", exc)
+            raise
+        self._server_checked = True
+        for warning in warnings:
+            if warning.message not in _logged_warnings:  # once per process, not per queue
+                _logged_warnings.add(warning.message)
+                log.warning("%s", warning.message)
+
+    def _server_warnings(self, client: Any) -> list[ServerWarning]:
+        pipe = client.pipeline(transaction=False)
+        pipe.info("server")
+        pipe.info("memory")
+        server, memory = pipe.execute()
+        return server_warnings(server, memory, hide_password(self.url))
+
+    def check_server(self) -> list[ServerWarning]:
+        return self._server_warnings(self.client)
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}:{kind}:{name}"
@@ -427,8 +542,8 @@ class RedisQueue(Queue):
         A pipeline without redis-py's per-command bookkeeping, which cost three times as
         much as Redis itself for each command. ``_NotSent`` when no connection could be had.
         """
-        pool = self.client.connection_pool
-        try:
+        try:  # the first use checks the server: nothing is sent before that either
+            pool = self.client.connection_pool
             try:
                 conn = pool.get_connection()
             except TypeError:  # redis-py before 5.3 wants a command name
@@ -455,7 +570,10 @@ class RedisQueue(Queue):
 
     def _run(self, commands: Sequence[tuple[bytes | str, ...]]) -> Any:
         """``_pipeline``, raising the first error reply; else the last reply."""
-        replies = self._pipeline(commands)
+        try:
+            replies = self._pipeline(commands)
+        except _NotSent as exc:
+            raise (exc.__cause__ or exc) from None
         for reply in replies:
             if isinstance(reply, redis.ResponseError):
                 raise reply
@@ -648,9 +766,20 @@ class RedisQueue(Queue):
             )
         self._run(commands)
 
-    def dead_letter(self, destination: str, records: Sequence[Record], error: str) -> None:
+    def _cap_dead_letters(self, pipe: Any, destination: str, now: float) -> None:
+        oldest_kept = f"{int((now - self.dead_letters.max_age) * 1000)}-0"
+        pipe.eval(
+            _CAP_DEAD_LETTERS,
+            2,
+            self._key("dead", destination),
+            self._key("stats", destination),
+            self.dead_letters.max_events,
+            oldest_kept,
+        )
+
+    def dead_letter(self, destination: str, records: Sequence[Record], error: str) -> int:
         if not records:
-            return
+            return 0
         now = time.time()
         pipe = self.client.pipeline(transaction=True)
         dead = self._key("dead", destination)
@@ -663,7 +792,8 @@ class RedisQueue(Queue):
         stats = self._key("stats", destination)
         pipe.hincrby(stats, "dead", len(records))
         pipe.hset(stats, mapping={"last_error": error, "last_error_at": now})
-        pipe.execute()
+        self._cap_dead_letters(pipe, destination, now)
+        return int(pipe.execute()[-1])
 
     def replay(self, destination: str) -> int:
         dead = self._key("dead", destination)
@@ -683,32 +813,42 @@ class RedisQueue(Queue):
             pipe.execute()
             moved += len(rows)
 
-    def _group_floors(self) -> dict[str, tuple[str, int, int | None, str]]:
-        """Per group: the first id it still needs, its pending count, lag and next unread id."""
-        try:
-            groups = self.client.xinfo_groups(self.stream)
-        except redis.ResponseError:
-            return {}
-        out: dict[str, tuple[str, int, int | None, str]] = {}
+    def trim(self) -> None:
+        # The first id any group still needs: its oldest pending message, else the one
+        # after its last delivered. Everything before the lowest of those goes.
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xinfo_groups(self.stream)
+        pipe.xinfo_stream(self.stream)
+        groups, info = pipe.execute(raise_on_error=False)
+        if isinstance(groups, Exception) or isinstance(info, Exception):
+            return  # no log yet
+        pending = [g for g in groups if int(g["pending"])]
+        mins: dict[str, str] = {}
+        if pending:
+            pipe = self.client.pipeline(transaction=False)
+            for group in pending:
+                pipe.xpending(self.stream, _text(group["name"]))
+            for group, summary in zip(pending, pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(summary, Exception):
+                    return  # its oldest pending message is unknown: trimming could drop it
+                if summary.get("min"):
+                    mins[_text(group["name"])] = _text(summary["min"])
+        floors = []
         for group in groups:
             name = _text(group["name"])
-            last = _text(group["last-delivered-id"])
-            unread = floor = _next_id(last)
-            pending = int(group["pending"])
-            if pending:
-                summary = self.client.xpending(self.stream, name)
-                if summary and summary.get("min"):
-                    floor = min(floor, _text(summary["min"]), key=_id_key)
-            lag = group.get("lag")
-            out[name] = (floor, pending, None if lag is None else int(lag), unread)
-        return out
-
-    def trim(self) -> None:
-        floors = self._group_floors()
-        if not floors:
-            return
-        point = min((f[0] for f in floors.values() if f[0]), key=_id_key)
-        self.client.xtrim(self.stream, minid=point, approximate=False)
+            floor = _next_id(_text(group["last-delivered-id"]))
+            if name in mins:
+                floor = min(floor, mins[name], key=_id_key)
+            floors.append(floor)
+        # No group at all: no process names a destination, and nothing will ever read
+        # what is there. Only what was there when we looked goes, not what came since.
+        point = min(floors, key=_id_key) if floors else _next_id(_text(info["last-generated-id"]))
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xtrim(self.stream, minid=point, approximate=False)
+        for group in groups:
+            self._cap_dead_letters(pipe, _text(group["name"]), now)
+        pipe.execute()
 
     # -- shared state ------------------------------------------------------------------
     def get_backoff(self, destination: str) -> Backoff:
@@ -777,46 +917,89 @@ class RedisQueue(Queue):
         return {_text(k): int(v) for k, v in raw.items()}
 
     def status(self, destinations: Sequence[str]) -> QueueStatus:
-        floors = self._group_floors()
-        result = QueueStatus(depth=0, oldest_age=None)
+        # Two round trips at most, each command O(1) or O(consumers): the backlog is counted
+        # from XINFO GROUPS' lag (Redis 7), never by reading it.
+        names = list(destinations)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xinfo_groups(self.stream)
+        pipe.xlen(self.stream)
+        pipe.xrange(self.stream, "-", "+", count=1)
+        pipe.hgetall(f"{self.prefix}:counts")
+        pipe.info("server")
+        pipe.info("memory")
+        for name in names:
+            pipe.xpending(self.stream, name)
+            pipe.hgetall(self._key("stats", name))
+            pipe.xlen(self._key("dead", name))
+            pipe.hgetall(self._key("backoff", name))
+        replies = pipe.execute(raise_on_error=False)
+        for reply in replies[1:6]:
+            if isinstance(reply, Exception):
+                raise reply
+        groups_reply, stored, first, counts, server, memory = replies[:6]
+        groups = (
+            {}
+            if isinstance(groups_reply, Exception)
+            else {_text(g["name"]): g for g in groups_reply}
+        )
+        first_id = _text(first[0][0]) if first else None
         now = time.time()
-        for name in destinations:
+        result = QueueStatus(depth=0, oldest_age=None, stored=int(stored))
+        result.warnings = [
+            w.message for w in server_warnings(server, memory, hide_password(self.url))
+        ]
+        result.counters = {_text(k): int(v) for k, v in counts.items()}
+        unread_after: dict[str, str] = {}  # destination -> its last delivered id
+        oldest: list[str] = []
+        for i, name in enumerate(names):
+            summary, stats, dead, backoff = replies[6 + 4 * i : 10 + 4 * i]
+            group = groups.get(name)
+            for reply in (stats, dead, backoff, summary if group is not None else None):
+                if isinstance(reply, Exception):  # only a missing group's XPENDING may fail
+                    raise reply
             dest = DestinationStatus(name=name)
-            start = "-"
-            if name in floors:
-                start, pending, lag, unread = floors[name]
-                if lag is None:  # Redis cannot tell (entries were deleted): count the unread
-                    lag = len(self.client.xrange(self.stream, unread, "+"))
-                retrying = 0
+            if group is None:  # no cursor yet: everything in the log is for it
+                dest.queued = int(stored)
+                if first_id is not None:
+                    oldest.append(first_id)
+            else:
+                pending = int(group["pending"])
+                lag = group.get("lag")
+                # None when Redis cannot tell (entries deleted inside the unread range):
+                # what the log holds beyond the pending ones is an upper bound.
+                lag = max(int(stored) - pending, 0) if lag is None else int(lag)
+                dest.queued = lag + pending
                 if pending:
-                    summary = self.client.xpending(self.stream, name)
                     for consumer in summary.get("consumers") or []:
                         if _text(consumer["name"]) == RETRY_CONSUMER:
-                            retrying = int(consumer["pending"])
-                dest.queued = lag + pending
-                dest.retrying = retrying
-            else:
-                dest.queued = (
-                    int(self.client.xlen(self.stream)) if self.client.exists(self.stream) else 0
-                )
-            if dest.queued:
-                # The age of the oldest entry still needed, not of the group's position
-                # (which is 0-0, the epoch, for a group that has read nothing yet).
-                first = self.client.xrange(self.stream, start, "+", count=1)
-                if first:
-                    age = max(now - _id_time(_text(first[0][0])), 0.0)
-                    result.oldest_age = max(result.oldest_age or 0.0, age)
-            stats = self.client.hgetall(self._key("stats", name))
+                            dest.retrying = int(consumer["pending"])
+                    if summary.get("min"):
+                        oldest.append(_text(summary["min"]))  # older than anything unread
+                elif lag:
+                    last = _text(group["last-delivered-id"])
+                    if first_id is not None and _id_key(last) < _id_key(first_id):
+                        oldest.append(first_id)
+                    else:
+                        unread_after[name] = last
             dest.delivered = int(stats.get(b"delivered", 0))
-            dest.dead = int(self.client.xlen(self._key("dead", name)))
+            dest.dead_dropped = int(stats.get(b"dead_dropped", 0))
             if b"last_error" in stats:
                 dest.last_error = stats[b"last_error"].decode(errors="replace")
                 dest.last_error_at = float(stats.get(b"last_error_at", 0))
-            backoff = self.get_backoff(name)
-            dest.backoff_until = backoff.until if backoff.active else None
+            dest.dead = int(dead)
+            if backoff:
+                until = float(backoff.get(b"until", 0))
+                dest.backoff_until = until if until > now else None
             result.depth = max(result.depth, dest.queued)
             result.destinations[name] = dest
-        result.counters = self.get_counts()
+        if unread_after:
+            pipe = self.client.pipeline(transaction=False)
+            for last in unread_after.values():
+                pipe.xrange(self.stream, _next_id(last), "+", count=1)
+            oldest.extend(_text(rows[0][0]) for rows in pipe.execute() if rows)
+        if oldest:
+            age = now - _id_time(min(oldest, key=_id_key))
+            result.oldest_age = max(age, 0.0)
         return result
 
     def close(self) -> None:

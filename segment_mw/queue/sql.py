@@ -19,9 +19,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .. import forks
+from .. import forks, metrics
+from ..errors import ConfigurationError
 from ..events import Entry
-from .base import RETRY_CONSUMER, Backoff, DestinationStatus, Lease, Queue, QueueStatus, Record
+from .base import (
+    DEFAULT_DEAD_LETTER_LIMITS,
+    RETRY_CONSUMER,
+    Backoff,
+    DeadLetterLimits,
+    DestinationStatus,
+    Lease,
+    Queue,
+    QueueStatus,
+    Record,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS {p}log (
@@ -41,6 +52,10 @@ CREATE TABLE IF NOT EXISTS {p}state (
     last_error TEXT, last_error_at REAL);
 CREATE TABLE IF NOT EXISTS {p}lease (name TEXT PRIMARY KEY, expires REAL NOT NULL, owner TEXT);
 CREATE TABLE IF NOT EXISTS {p}counts (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS {p}dead_dropped (
+    destination TEXT PRIMARY KEY, dropped INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS {p}dead_by_destination ON {p}dead (destination, seq);
+CREATE INDEX IF NOT EXISTS {p}dead_by_age ON {p}dead (at);
 """
 
 
@@ -87,7 +102,13 @@ class _SQLiteLease(Lease):
 class SQLiteQueue(Queue):
     url_schemes = ("sqlite", "memory")
 
-    def __init__(self, url: str, *, prefix: str = "segment_mw") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "segment_mw",
+        dead_letters: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS,
+    ) -> None:
         parts = urlsplit(url)
         self.memory = parts.scheme == "memory" or parts.path in ("", "/:memory:")
         self.path = ":memory:" if self.memory else (parts.netloc + parts.path)
@@ -96,10 +117,11 @@ class SQLiteQueue(Queue):
         elif not self.memory:
             self.path = url[len("sqlite:///") :]
         self.t = re.sub(r"\W", "_", prefix) + "_"
+        self.dead_letters = dead_letters
         self._lock = threading.RLock()
         # A connection must not cross a fork: the child opens its own, and never closes
         # the parent's (that would drop the parent's locks on the file).
-        self._conn: forks.ProcessLocal[sqlite3.Connection] = forks.ProcessLocal(self._connect)
+        self._conn: forks.ProcessLocal[sqlite3.Connection] = forks.ProcessLocal(self._open)
         # SQLite keeps per-process state about the files it has open (locks, the WAL
         # index): a fork taken while another thread is inside a transaction leaves the
         # child believing a lock is held that nobody will release ("database is locked"
@@ -122,22 +144,45 @@ class SQLiteQueue(Queue):
     def _after_fork_in_child(self) -> None:
         self._lock = threading.RLock()
 
-    def _connect(self) -> sqlite3.Connection:
-        if not self.memory:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
-        if not self.memory:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA.format(p=self.t))
-        _add_missing_columns(conn, self.t)
-        return conn
-
     @property
     def conn(self) -> sqlite3.Connection:
         return self._conn.get()
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect and create the tables; a file that cannot be opened is a settings error."""
+        try:
+            if not self.memory:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            try:
+                if not self.memory:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript(_SCHEMA.format(p=self.t))
+                _add_missing_columns(conn, self.t)
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise  # another process holds it: transient, not a settings problem
+            raise self._unusable(exc) from None
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise self._unusable(exc) from None
+        return conn
+
+    def _unusable(self, exc: Exception) -> ConfigurationError:
+        error = ConfigurationError(
+            f"QUEUE_URL: cannot open the SQLite queue {self.path!r} "
+            f"({type(exc).__name__}: {exc}). Set QUEUE_URL (or SEGMENT_MW_QUEUE_URL) to a "
+            "writable sqlite:///path or a redis:// URL; with QUEUE_URL unset, set "
+            "XDG_STATE_HOME to a writable directory"
+        )
+        metrics.count("misconfigured")
+        metrics.warn_once_per_interval("misconfigured", "%s", error)
+        return error
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -297,9 +342,48 @@ class SQLiteQueue(Queue):
             if delivered:
                 self._bump(conn, destination, delivered=delivered)
 
-    def dead_letter(self, destination: str, records: Sequence[Record], error: str) -> None:
+    def _cap_dead_letters(
+        self, conn: sqlite3.Connection, destination: str | None, now: float
+    ) -> int:
+        """Drop dead letters past the caps (one destination's, or everyone's); count them."""
+        t, limits = self.t, self.dead_letters
+        dropped: dict[str, int] = {}
+        where, args = ("destination = ? AND ", (destination,)) if destination else ("", ())
+        cutoff = now - limits.max_age
+        for name, n in conn.execute(
+            f"SELECT destination, COUNT(*) FROM {t}dead WHERE {where}at < ? GROUP BY 1",
+            (*args, cutoff),
+        ).fetchall():
+            dropped[name] = n
+        if dropped:
+            conn.execute(f"DELETE FROM {t}dead WHERE {where}at < ?", (*args, cutoff))
+        names = (
+            [destination]
+            if destination
+            else [r[0] for r in conn.execute(f"SELECT DISTINCT destination FROM {t}dead")]
+        )
+        for name in names:
+            (count,) = conn.execute(
+                f"SELECT COUNT(*) FROM {t}dead WHERE destination = ?", (name,)
+            ).fetchone()
+            over = count - limits.max_events
+            if over > 0:
+                conn.execute(
+                    f"DELETE FROM {t}dead WHERE seq IN (SELECT seq FROM {t}dead "
+                    "WHERE destination = ? ORDER BY seq LIMIT ?)",
+                    (name, over),
+                )
+                dropped[name] = dropped.get(name, 0) + over
+        conn.executemany(
+            f"INSERT INTO {t}dead_dropped VALUES (?, ?) "
+            "ON CONFLICT(destination) DO UPDATE SET dropped = dropped + excluded.dropped",
+            list(dropped.items()),
+        )
+        return sum(dropped.values())
+
+    def dead_letter(self, destination: str, records: Sequence[Record], error: str) -> int:
         if not records:
-            return
+            return 0
         now = time.time()
         with self._tx() as conn:
             conn.executemany(
@@ -312,6 +396,7 @@ class SQLiteQueue(Queue):
                 [(destination, int(r.id)) for r in records],
             )
             self._bump(conn, destination, last_error=error, last_error_at=now)
+            return self._cap_dead_letters(conn, destination, now)
 
     def replay(self, destination: str) -> int:
         t = self.t
@@ -337,6 +422,9 @@ class SQLiteQueue(Queue):
             ).fetchone()
             if floors and floors[0] is not None:
                 conn.execute(f"DELETE FROM {t}log WHERE id < ?", (floors[0],))
+            else:  # no cursor at all: nothing will ever read the log
+                conn.execute(f"DELETE FROM {t}log")
+            self._cap_dead_letters(conn, None, time.time())
 
     # -- shared state ------------------------------------------------------------------
     def get_backoff(self, destination: str) -> Backoff:
@@ -389,35 +477,44 @@ class SQLiteQueue(Queue):
 
     def forget(self, destination: str) -> None:
         with self._tx() as conn:
-            for table in ("cursor", "pending", "dead", "state"):
+            for table in ("cursor", "pending", "dead", "state", "dead_dropped"):
                 conn.execute(f"DELETE FROM {self.t}{table} WHERE destination = ?", (destination,))
 
     def get_counts(self) -> dict[str, int]:
         return dict(self._q("SELECT name, value FROM {p}counts"))
 
     def status(self, destinations: Sequence[str]) -> QueueStatus:
+        # Index lookups only, nothing that scans the backlog: ids are consecutive (the log
+        # only ever loses its oldest rows), so what a cursor has not read is a subtraction.
         result = QueueStatus(depth=0, oldest_age=None)
         now = time.time()
+        # Two queries: SQLite answers MIN() or MAX() alone from the index, not both at once.
+        ((low,),) = self._q("SELECT MIN(id) FROM {p}log")
+        ((high,),) = self._q("SELECT MAX(id) FROM {p}log")
+        result.stored = 0 if high is None else high - low + 1
         for name in destinations:
             dest = DestinationStatus(name=name)
             cursor = self._q("SELECT last_id FROM {p}cursor WHERE destination = ?", (name,))
             last = cursor[0][0] if cursor else 0
-            (lag, lag_oldest) = self._q(
-                "SELECT COUNT(*), MIN(at) FROM {p}log WHERE id > ? AND (only IS NULL OR only = ?)",
-                (last, name),
-            )[0]
-            (pending, retrying, p_oldest) = self._q(
-                "SELECT COUNT(*), SUM(p.consumer = ?), MIN(l.at) FROM {p}pending p "
-                "JOIN {p}log l ON l.id = p.id WHERE p.destination = ?",
+            lag = 0 if high is None else max(high - max(last, low - 1), 0)
+            (pending, retrying, first_pending) = self._q(
+                "SELECT COUNT(*), SUM(consumer = ?), MIN(id) FROM {p}pending WHERE destination = ?",
                 (RETRY_CONSUMER, name),
             )[0]
             dest.queued = lag + pending
             dest.retrying = retrying or 0
-            oldest = min([x for x in (lag_oldest, p_oldest) if x is not None], default=None)
-            if oldest is not None:
-                result.oldest_age = max(result.oldest_age or 0.0, now - oldest)
+            # The oldest needed: a pending message (read before anything unread), else the
+            # first unread one.
+            oldest = self._q(
+                "SELECT at FROM {p}log WHERE id >= ? ORDER BY id LIMIT 1",
+                (first_pending if first_pending is not None else last + 1,),
+            )
+            if dest.queued and oldest:
+                result.oldest_age = max(result.oldest_age or 0.0, now - oldest[0][0])
             (dead,) = self._q("SELECT COUNT(*) FROM {p}dead WHERE destination = ?", (name,))[0]
             dest.dead = dead
+            dropped = self._q("SELECT dropped FROM {p}dead_dropped WHERE destination = ?", (name,))
+            dest.dead_dropped = dropped[0][0] if dropped else 0
             state = self._q(
                 "SELECT until, delivered, last_error, last_error_at FROM {p}state "
                 "WHERE destination = ?",

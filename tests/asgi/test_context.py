@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 from segment_mw import metrics
 from segment_mw.asgi import SegmentMiddleware, request_info
 
+from ..starlette_versions import from_client
 from .conftest import BROWSER_UA, HTML, NAVIGATION, call_asgi, http_scope
 
 
@@ -35,7 +36,7 @@ def visit(
     client: tuple[str, int] = ("198.51.100.7", 4321),
     root_path: str = "",
 ) -> dict[str, Any]:
-    with TestClient(make_app(), client=client, root_path=root_path) as http:
+    with TestClient(from_client(make_app(), client), root_path=root_path) as http:
         response = http.get(url, headers={**NAVIGATION, **(headers or {})})
     assert response.status_code == 200
     assert response.text == HTML
@@ -225,14 +226,20 @@ def test_request_info_decodes_and_joins_headers():
                 (b"cookie", b"a=1"),
                 (b"Cookie", b"ajs_anonymous_id=x; b=2"),
                 (b"user-agent", b"caf\xe9"),
+                (b"authorization", b"Bearer secret-token"),
             ],
             query_string=b"q=%C3%A9",
         )
     )
     assert info.host == "example.com:8443"
     assert info.headers["accept"] == "text/html, */*"
-    assert info.headers["cookie"] == "a=1; ajs_anonymous_id=x; b=2"
+    # Credentials never reach the core: cookies are parsed, the raw headers are dropped.
+    assert "cookie" not in info.headers
+    assert "authorization" not in info.headers
     assert info.cookies == {"a": "1", "ajs_anonymous_id": "x", "b": "2"}
+    assert "secret-token" not in repr(info)
+    assert "ajs_anonymous_id" in repr(info)  # names, not values
+    assert "=x" not in repr(info)
     assert info.headers["user-agent"] == "caf\xe9"
     assert info.query_string == "q=%C3%A9"
     assert info.peer == "203.0.113.5"

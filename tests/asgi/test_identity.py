@@ -84,11 +84,19 @@ def test_the_browser_anonymous_id_is_reused(segment_events, cookie):
     assert event["anonymousId"] == "5206-6f9c-browser"
 
 
-def test_ajs_user_id_cookie_gives_the_user_id(segment_events):
-    get(make_app(), cookies="ajs_anonymous_id=anon-1; ajs_user_id=%22user-42%22")
-    [event] = segment_events.of_type("page")
-    assert event["userId"] == "user-42"
-    assert event["anonymousId"] == "anon-1"
+def test_the_ajs_user_id_cookie_is_not_a_user_id(segment_events):
+    # Any visitor can write it: their "Order Completed" must not land on user 12345.
+    get(make_app(), "/track", cookies="ajs_anonymous_id=anon-1; ajs_user_id=%2212345%22")
+    assert [e.get("userId") for e in segment_events] == [None, None]
+    assert [e["anonymousId"] for e in segment_events] == ["anon-1", "anon-1"]
+
+
+def test_reading_the_cookie_is_an_opt_in_for_pageviews_only(configure, segment_events):
+    configure(USER_ID_FROM_COOKIE=True)
+    get(make_app(), "/track", cookies="ajs_anonymous_id=anon-1; ajs_user_id=%22user-42%22")
+    track, page = segment_events
+    assert page["userId"] == "user-42"
+    assert "userId" not in track
 
 
 def test_a_new_anonymous_id_is_minted_and_set_in_the_analytics_js_format(segment_events):
@@ -182,9 +190,8 @@ def test_user_id_from_the_authentication_middleware(segment_events, segment_insi
     stack = [auth, segment] if segment_inside_auth else [segment, auth]
     get(make_app(middleware=stack), "/track", **{"x-user": "alice"})
     track, pageview = segment_events
-    assert pageview["userId"] == "alice"
-    if segment_inside_auth:  # the user is known before the endpoint runs
-        assert track["userId"] == "alice"
+    # scope["user"] is read when each event is built, so either order sees it.
+    assert track["userId"] == pageview["userId"] == "alice"
 
 
 def test_an_unauthenticated_user_has_no_user_id(segment_events):

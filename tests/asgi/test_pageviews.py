@@ -20,6 +20,7 @@ from segment_mw.asgi import SegmentMiddleware
 from segment_mw.errors import ConfigurationError
 from segment_mw.pageviews import pageview, set_pageview
 
+from ..starlette_versions import route_name
 from .conftest import BROWSER_UA, HTML, NAVIGATION, call_asgi, http_scope
 
 
@@ -116,7 +117,7 @@ def one_page(segment_events: Any) -> dict[str, Any]:
 def test_a_navigation_to_an_html_page_is_a_pageview(segment_events):
     visit()
     event = one_page(segment_events)
-    assert event["name"] == "home"  # the route name
+    assert event.get("name") == route_name("home")
     assert "category" not in event
 
 
@@ -185,7 +186,7 @@ def test_xhtml_is_html(segment_events):
 
 def test_the_route_name_of_a_mounted_route(segment_events):
     visit("/docs/intro")
-    assert one_page(segment_events)["name"] == "doc"
+    assert one_page(segment_events).get("name") == route_name("doc")
 
 
 def test_pageview_decorator_options(segment_events):
@@ -317,5 +318,5 @@ async def test_around_a_starlette_router(segment_events):
     wrapped = SegmentMiddleware(router)
     await call_asgi(wrapped, http_scope("/"))
     await call_asgi(wrapped, http_scope("/text"))
-    assert one_page(segment_events)["name"] == "root"
+    assert one_page(segment_events).get("name") == route_name("root")
     assert one_page(segment_events)["context"]["userAgent"] == BROWSER_UA

@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 
 import segment_mw
 import segment_mw.celery
 
+from ..celery_worker import in_process_worker
 from ..sink import Sink, running_sink
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,7 +157,7 @@ def worker(celery_app: Celery) -> Callable[[], contextlib.AbstractContextManager
     """A real Celery worker in a thread of this process (solo pool)."""
 
     def _worker() -> contextlib.AbstractContextManager[Any]:
-        return start_worker(
+        return in_process_worker(
             celery_app,
             pool="solo",
             concurrency=1,

@@ -7,9 +7,16 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
-from .conftest import child_env, message_ids
+from celery import Celery
+from celery.exceptions import AlwaysEagerIgnored
+
+import segment_mw
+import segment_mw.celery
+
+from .conftest import child_env, message_ids, wait_until
 
 SCRIPT = """
 import json, os, sys, time
@@ -38,7 +45,8 @@ def emit(tag, n):
 def delivered():
     try:
         with open(out, "rb") as fh:
-            return {json.loads(line)["messageId"] for line in fh}
+            # Only whole lines: a flusher may be writing the last one right now.
+            return {json.loads(line)["messageId"] for line in fh if line.endswith(b"\\n")}
     except FileNotFoundError:
         return set()
 
@@ -108,3 +116,30 @@ def test_forked_child_emits_and_delivers_at_its_exit(tmp_path, sink):
     assert len(set(expected)) == 40
     assert sorted(result["jsonl"]) == expected
     assert sorted(message_ids(sink)) == expected
+
+
+def test_an_always_eager_celery_app_publishes_nothing_and_the_process_delivers(
+    tmp_path: Path,
+) -> None:
+    """No AlwaysEagerIgnored warning, no send_task: the in-process flusher delivers."""
+    out = tmp_path / "events.jsonl"
+    app = Celery("eager", broker="memory://", set_as_current=False)
+    app.conf.task_always_eager = True
+    segment_mw.configure(
+        {
+            "QUEUE_URL": "memory://",
+            "DESTINATIONS": {"file": {"type": "jsonl", "path": str(out)}},
+            "IN_PROCESS_FLUSHER": False,  # the eager app's kicks are what delivers here
+            "FLUSH_DELAY": 0.05,
+        }
+    )
+    segment_mw.celery.install(app, watchdog=False)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ids = [segment_mw.track("Eager", {"n": n}, user_id="u") for n in range(3)]
+            wait_until(lambda: out.exists() and len(out.read_text().splitlines()) == 3)
+    finally:
+        segment_mw.celery.uninstall()
+    assert [json.loads(line)["messageId"] for line in out.read_text().splitlines()] == ids
+    assert not [w for w in caught if issubclass(w.category, AlwaysEagerIgnored)]

@@ -8,7 +8,7 @@ from urllib.parse import quote
 import pytest
 
 from segment_mw import metrics
-from segment_mw.capture import COOKIE_MAX_AGE
+from segment_mw.identity import COOKIE_MAX_AGE
 
 from .conftest import CHROME
 

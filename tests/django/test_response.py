@@ -47,12 +47,16 @@ def test_response_is_byte_identical_but_for_the_cookie(mode, settings, segment_e
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("path", ["/", "/session/", "/whoami/", "/json/"])
-def test_no_vary_cookie_is_added_for_logged_in_users(mode, settings, path):
+def test_no_vary_cookie_is_added_for_logged_in_users(mode, settings, path, segment_events):
     user = User.objects.create_user("grace", password="pw")
     browser = Browser(mode)
     browser.force_login(user)
     browser.client.cookies["ajs_anonymous_id"] = "a-1"
     with_mw = browser.get(path)
+    # The user's id was read from the session for the pageview, leaving no trace.
+    assert [p["userId"] for p in segment_events.of_type("page")] == (
+        [] if path == "/json/" else [str(user.pk)]
+    )
     without_middleware(settings)
     plain = Browser(mode)
     plain.force_login(user)

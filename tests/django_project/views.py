@@ -14,6 +14,7 @@ from django.http import (
 )
 from django.template.response import TemplateResponse
 from django.views import View
+from django.views.decorators.cache import cache_control, never_cache
 
 import segment_mw
 from segment_mw.pageviews import pageview, set_pageview
@@ -110,7 +111,7 @@ async def async_track(request: HttpRequest) -> JsonResponse:
         user = await request.auser()
     else:
         user = await sync_to_async(lambda: request.user._setup() or request.user._wrapped)()
-    message_id = segment_mw.track("Async Clicked", {"user": user.get_username()})
+    message_id = await segment_mw.atrack("Async Clicked", {"user": user.get_username()})
     return JsonResponse({"messageId": message_id})
 
 
@@ -137,3 +138,76 @@ def login_view(request: HttpRequest) -> HttpResponse:
 def logout_view(request: HttpRequest) -> HttpResponse:
     logout(request)
     return HttpResponseRedirect("/")
+
+
+def login_and_track(request: HttpRequest) -> JsonResponse:
+    segment_mw.track("Before Login")
+    user = authenticate(
+        request, username=request.POST.get("username"), password=request.POST.get("password")
+    )
+    assert user is not None
+    login(request, user)
+    segment_mw.track("After Login")
+    return JsonResponse({"ok": True})
+
+
+def logout_and_track(request: HttpRequest) -> JsonResponse:
+    segment_mw.track("Before Logout")
+    logout(request)
+    segment_mw.track("After Logout")
+    return JsonResponse({"ok": True})
+
+
+def token_auth(request: HttpRequest) -> JsonResponse:
+    """What Django REST framework's token authentication does: the view sets the user."""
+    from django.contrib.auth.models import User
+
+    request.user = User.objects.get(username=request.headers["X-Token"])
+    segment_mw.track("Token Used")
+    return JsonResponse({"ok": True})
+
+
+def set_user_view(request: HttpRequest) -> HttpResponse:
+    segment_mw.set_user("ext-42")  # an authentication Django does not know about
+    segment_mw.track("Linked")
+    return html("Linked")
+
+
+@segment_mw.tracked(
+    "Refund Issued", user_id=lambda customer: customer, properties={"amount": "12.50"}
+)
+def refund(customer: str) -> None:
+    return None
+
+
+def staff_acts_for_customers(request: HttpRequest) -> HttpResponse:
+    request.user.is_authenticated  # noqa: B018  (an admin page looks at its user)
+    segment_mw.track("Order Completed", {"revenue": 99}, user_id="cust-77")
+    refund("cust-78")
+    segment_mw.track("Report Viewed", user_id=str(request.user.pk))  # the staff member
+    return html("Back office")
+
+
+async def async_plain_track(request: HttpRequest) -> JsonResponse:
+    """An async view that never looks at its user."""
+    return JsonResponse({"messageId": segment_mw.track("Async Plain")})
+
+
+def tracked_page(request: HttpRequest) -> HttpResponse:
+    segment_mw.track("Page Rendered")
+    return html("Tracked")
+
+
+@never_cache
+def private_page(request: HttpRequest) -> HttpResponse:
+    return html("Private")
+
+
+@cache_control(public=True, max_age=300)
+def public_page(request: HttpRequest) -> HttpResponse:
+    return html("Public")
+
+
+@cache_control(s_maxage=300)
+def cdn_page(request: HttpRequest) -> HttpResponse:
+    return html("CDN")

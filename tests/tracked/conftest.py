@@ -15,9 +15,10 @@ import django
 import pytest
 import redis
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 
 import segment_mw.celery
+
+from ..celery_worker import in_process_worker
 
 BROKER = os.environ.get("SEGMENT_MW_TEST_BROKER", "redis://127.0.0.1:6379/10")
 PG_ALIAS = "segment_mw_tracked"
@@ -108,7 +109,7 @@ def worker_app(redis_url: str) -> Iterator[Celery]:
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     try:
-        with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False):
+        with in_process_worker(app, pool="solo", concurrency=1, perform_ping_check=False):
             yield app
     finally:
         segment_mw.celery.uninstall()

@@ -57,3 +57,15 @@ def decline(customer: str) -> None:
 )
 def bound(self: Task[Any, Any], customer: str) -> str:
     return str(self.request.id)
+
+
+@segment_mw.tracked("Subscription Renewed", properties=lambda result, plan: {"plan": plan})
+def renew(plan: str) -> str:
+    return plan
+
+
+@shared_task(name="tests.tracked.renew_for")
+def renew_for(user_id: str, plan: str) -> str:
+    """A task that learns whom it acts for from its arguments, and says so once."""
+    segment_mw.set_user(user_id)
+    return renew(plan)

@@ -127,7 +127,7 @@ def test_failure_events_do_not_wait_for_the_commit(pg, charges_table, segment_ev
 
     with pytest.raises(Declined), transaction.atomic(using=pg):
         charge()
-    assert [e["properties"]["error_message"] for e in segment_events] == ["card declined"]
+    assert [e["properties"]["error_type"] for e in segment_events] == ["Declined"]
 
 
 def test_on_commit_setting_off_queues_at_once(configure, pg, charges_table, segment_events):
