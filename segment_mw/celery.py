@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from typing import Any
@@ -26,6 +25,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("segment_mw.celery needs Celery: pip install 'segment-mw[celery]'") from exc
 
+from . import forks
 from . import scope as scope_mod
 from .client import get_client
 from .producer import KICK_LEASE
@@ -69,41 +69,42 @@ class _Publisher:
     Through the app's pooled connections kombu keeps reconnecting to a broker that is
     down for seconds (``broker_connection_timeout``) on every send, stalling the
     producer's writer thread that kicks; here a send fails at once and is counted.
+    The connection (and its lock) belong to the process that opened it: a forked child
+    opens its own and never touches its parent's.
     """
 
+    def __init__(self) -> None:
+        self._state: forks.ProcessLocal[_Connection] = forks.ProcessLocal(_Connection)
+
+    def send(self, app: Celery, name: str, **options: Any) -> None:
+        state = self._state.get()
+        with state.lock:
+            if state.conn is not None and state.app is not app:
+                state.drop()
+            if state.conn is None:
+                state.conn = app.connection_for_write(transport_options={"max_retries": 0})
+                state.app = app
+            try:
+                app.send_task(name, connection=state.conn, **options)
+            except Exception:
+                state.drop()
+                raise
+
+
+class _Connection:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.conn: Any = None
         self.app: Celery | None = None  # the connection's app (held: ids get reused)
-        self.pid = 0
 
-    def send(self, app: Celery, name: str, **options: Any) -> None:
-        with self.lock:
-            if self.conn is not None and (self.app is not app or self.pid != os.getpid()):
-                self._drop()
-            if self.conn is None:
-                self.conn = app.connection_for_write(transport_options={"max_retries": 0})
-                self.app, self.pid = app, os.getpid()
-            try:
-                app.send_task(name, connection=self.conn, **options)
-            except Exception:
-                self._drop()
-                raise
-
-    def _drop(self) -> None:
+    def drop(self) -> None:
         conn, self.conn, self.app = self.conn, None, None
-        if conn is not None and self.pid == os.getpid():
+        if conn is not None:
             with contextlib.suppress(Exception):
                 conn.release()
 
-    def after_fork_in_child(self) -> None:
-        # The parent's connection and lock are the parent's: start afresh, touching neither.
-        self.lock = threading.Lock()
-        self.conn = self.app = None
-
 
 _publisher = _Publisher()
-os.register_at_fork(after_in_child=_publisher.after_fork_in_child)
 
 
 def _send(name: str, *, kwargs: dict[str, Any], delay: float) -> None:
@@ -267,16 +268,26 @@ def _worker_shutdown(**_: Any) -> None:
     get_client().close()
 
 
+def _process_shutdown(**_: Any) -> None:
+    # A prefork child leaves through os._exit (also when --max-tasks-per-child recycles
+    # it): no exit hook runs, so what its tasks buffered is pushed, and a flush requested,
+    # here.
+    get_client().close()
+
+
 def _kick() -> None:
     _send(FLUSH_TASK, kwargs={}, delay=get_client().settings.flush_delay)
 
 
 def install(app: Celery, *, propagate_context: bool = True, watchdog: bool = True) -> None:
-    """Wire segment_mw into a Celery app: kicks, worker start-up, context propagation."""
+    """Wire segment_mw into a Celery app: kicks, worker and pool-process life, context."""
     global _app
     _app = app
     client = get_client()
     client.on_kick = _kick
+    signals.worker_process_shutdown.connect(
+        _process_shutdown, weak=False, dispatch_uid="segment_mw.process_shutdown"
+    )
     if propagate_context:
         signals.before_task_publish.connect(
             _before_publish, weak=False, dispatch_uid="segment_mw.publish"
@@ -301,6 +312,7 @@ def uninstall() -> None:
         (signals.task_postrun, "segment_mw.postrun"),
         (signals.worker_ready, "segment_mw.ready"),
         (signals.worker_shutdown, "segment_mw.shutdown"),
+        (signals.worker_process_shutdown, "segment_mw.process_shutdown"),
     ):
         signal.disconnect(dispatch_uid=uid)
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import metrics
+from . import forks, hosting, metrics
 from .config import Settings, load_settings
 from .delivery import Deliverer
 from .errors import ConfigurationError
@@ -32,31 +31,36 @@ WORKER_TIMEOUT = 10.0
 WRITER_TIMEOUT = 1.0
 
 
+class _Parts:
+    """What a client makes in each process: its queues, producer, deliverer and flusher."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.queue: Queue | None = None
+        self.push_queue: Queue | None = None
+        self.writer_queue: Queue | None = None
+        self.producer: Producer | None = None
+        self.deliverer: Deliverer | None = None
+        self.flusher: InProcessFlusher | None = None
+
+
 class Client:
     def __init__(self, settings: Settings) -> None:
+        if settings.in_process_flusher and not hosting.background_threads_run():
+            raise ConfigurationError(
+                "uWSGI runs without threads (no enable-threads), so the in-process flusher "
+                "would never deliver: add enable-threads = true to the uWSGI options, or "
+                "use a Redis QUEUE_URL delivered by Celery workers"
+            )
         self.settings = settings
         self.on_kick: Callable[[], None] | None = None
         self.listeners: list[Callable[[Entry], None]] = []
-        self._lock = threading.RLock()
-        self._pid = -1
-        self._queue: Queue | None = None
-        self._push_queue: Queue | None = None
-        self._writer_queue: Queue | None = None
-        self._producer: Producer | None = None
-        self._deliverer: Deliverer | None = None
-        self._flusher: InProcessFlusher | None = None
+        # Made on first use in each process: a forked child makes its own.
+        self._parts: forks.ProcessLocal[_Parts] = forks.ProcessLocal(_Parts)
 
     def __repr__(self) -> str:
         scheme = self.settings.queue_url.split("://")[0]
         return f"Client(queue={scheme}://…, destinations={list(self.settings.destination_names)})"
-
-    def _check_pid(self) -> None:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._queue = self._push_queue = self._writer_queue = None
-                    self._producer = self._deliverer = self._flusher = None
-                    self._pid = os.getpid()
 
     def _queue_with(self, attr: str, timeout: float) -> Queue:
         """The queue held in ``attr``, opened on first use with this network timeout.
@@ -64,13 +68,13 @@ class Client:
         Backends without a network (SQLite, memory) share one object: a memory queue
         only exists inside that object.
         """
-        self._check_pid()
-        found: Queue | None = getattr(self, attr)
+        parts = self._parts.get()
+        found: Queue | None = getattr(parts, attr)
         if found is None:
-            with self._lock:
-                found = getattr(self, attr)
+            with parts.lock:
+                found = getattr(parts, attr)
                 if found is None:
-                    if attr != "_queue" and not self.settings.queue_url.startswith(
+                    if attr != "queue" and not self.settings.queue_url.startswith(
                         ("redis", "unix")
                     ):
                         found = self.queue
@@ -84,30 +88,30 @@ class Client:
                                 self.settings.dead_letter_max_age,
                             ),
                         )
-                    setattr(self, attr, found)
+                    setattr(parts, attr, found)
         return found
 
     @property
     def queue(self) -> Queue:
         """The queue for consumers (generous timeouts)."""
-        return self._queue_with("_queue", WORKER_TIMEOUT)
+        return self._queue_with("queue", WORKER_TIMEOUT)
 
     @property
     def push_queue(self) -> Queue:
         """The queue for writes from the request itself: ENQUEUE_TIMEOUT, no retry loop."""
-        return self._queue_with("_push_queue", self.settings.enqueue_timeout)
+        return self._queue_with("push_queue", self.settings.enqueue_timeout)
 
     @property
     def writer_queue(self) -> Queue:
         """The queue for the producer's background thread: off the request path."""
-        return self._queue_with("_writer_queue", WRITER_TIMEOUT)
+        return self._queue_with("writer_queue", WRITER_TIMEOUT)
 
     @property
     def producer(self) -> Producer:
-        self._check_pid()
-        if self._producer is None:
-            with self._lock:
-                if self._producer is None:
+        parts = self._parts.get()
+        if parts.producer is None:
+            with parts.lock:
+                if parts.producer is None:
                     producer = Producer(
                         self.writer_queue,
                         self.settings,
@@ -115,17 +119,17 @@ class Client:
                         direct_queue=self.push_queue,
                     )
                     producer.kick_available = self.can_kick
-                    self._producer = producer
-        return self._producer
+                    parts.producer = producer
+        return parts.producer
 
     @property
     def deliverer(self) -> Deliverer:
-        self._check_pid()
-        if self._deliverer is None:
-            with self._lock:
-                if self._deliverer is None:
-                    self._deliverer = Deliverer(self.settings, self.queue)
-        return self._deliverer
+        parts = self._parts.get()
+        if parts.deliverer is None:
+            with parts.lock:
+                if parts.deliverer is None:
+                    parts.deliverer = Deliverer(self.settings, self.queue)
+        return parts.deliverer
 
     def can_kick(self) -> bool:
         """Whether this process can request a flush (Celery installed, or in-process)."""
@@ -139,14 +143,14 @@ class Client:
 
     @property
     def flusher(self) -> InProcessFlusher:
-        self._check_pid()
-        if self._flusher is None:
-            with self._lock:
-                if self._flusher is None:
-                    self._flusher = InProcessFlusher(
+        parts = self._parts.get()
+        if parts.flusher is None:
+            with parts.lock:
+                if parts.flusher is None:
+                    parts.flusher = InProcessFlusher(
                         self.deliverer, self.producer, self.settings.flush_delay
                     )
-        return self._flusher
+        return parts.flusher
 
     def emit(self, entry: Entry, *, durable: bool) -> None:
         """Queue a serialised message. Never raises: trouble is logged and counted.
@@ -170,7 +174,11 @@ class Client:
             return
         try:
             producer = self.producer
-            if self._flusher is None and self.on_kick is None and self.settings.in_process_flusher:
+            if (
+                self._parts.get().flusher is None
+                and self.on_kick is None
+                and self.settings.in_process_flusher
+            ):
                 # Started with the first message, not the first kick: its exit hook must
                 # deliver what this process queued even when the process ends before a
                 # kick got through (a short script, a forked child).
@@ -188,7 +196,7 @@ class Client:
         Returns True when nothing is left queued for a destination that is not backing off.
         """
         deadline = time.monotonic() + (timeout if timeout is not None else 30.0)
-        self.producer.drain(max(deadline - time.monotonic(), 0.0))
+        self.producer.drain(max(deadline - time.monotonic(), 0.0), kick=False)
         pending = set(self.deliverer.destinations)
         while pending and time.monotonic() < deadline:
             for name in sorted(pending):
@@ -229,19 +237,20 @@ class Client:
         return moved
 
     def close(self) -> None:
-        if self._pid != os.getpid():
+        parts = self._parts.peek()  # only what this process made
+        if parts is None:
             return
         # The producer first: its last push may wake the flusher, which then delivers it.
-        if self._producer is not None:
-            self._producer.close()
-        if self._flusher is not None:
-            self._flusher.close()
-        if self._deliverer is not None:
-            self._deliverer.close()
-        queues = (self._queue, self._push_queue, self._writer_queue)
+        if parts.producer is not None:
+            parts.producer.close()
+        if parts.flusher is not None:
+            parts.flusher.close()
+        if parts.deliverer is not None:
+            parts.deliverer.close()
+        queues = (parts.queue, parts.push_queue, parts.writer_queue)
         for queue in {id(q): q for q in queues if q}.values():
             queue.close()
-        self._pid = -1
+        self._parts.reset()
 
 
 def _on_event_loop() -> bool:

@@ -21,6 +21,11 @@ DESTINATION_TYPES = ("segment", "http", "jsonl", "log", "postgres")
 # A postgres ``dsn`` may hold a password, as a URI's user-info or as ``password=...``.
 SECRET_OPTIONS = frozenset({"write_key", "headers", "password", "token", "dsn"})
 DEFAULT_SEGMENT_HOST = "https://api.segment.io"
+DEFAULT_TIMEOUT = 10.0
+# CLAIM_IDLE must be this many times the longest destination timeout: a batch being sent
+# (its messages touched just before) is then never idle long enough to be taken as an
+# orphan and sent again by another worker.
+CLAIM_IDLE_PER_TIMEOUT = 1.5
 
 DEFAULT_SCRUB_PARAMS = (
     "password",
@@ -273,7 +278,9 @@ def _callable_setting(value: Any, key: str) -> Callable[[Any], Any] | None:
     return value  # type: ignore[no-any-return]
 
 
-def _destinations(raw: Any, environ: Mapping[str, str]) -> tuple[DestinationConfig, ...]:
+def _destinations(
+    raw: Any, environ: Mapping[str, str], claim_idle: float
+) -> tuple[DestinationConfig, ...]:
     if not isinstance(raw, Mapping):
         raise ConfigurationError("DESTINATIONS: expected a mapping of name to options")
     raw = dict(raw)
@@ -323,13 +330,12 @@ def _destinations(raw: Any, environ: Mapping[str, str]) -> tuple[DestinationConf
                 ) from None
         if kind == "postgres":
             _check_postgres(key, opts)
+        if kind in ("segment", "http", "postgres"):
+            _fit_timeout(key, opts, "timeout" in options, claim_idle)
         if kind in ("segment", "http"):
             scheme = urlsplit(str(opts.get("host") or opts.get("url"))).scheme
             if scheme not in ("http", "https"):
                 raise ConfigurationError(f"{key}: the URL must start with http:// or https://")
-            timeout = opts.setdefault("timeout", 10.0)
-            if not isinstance(timeout, (int, float)) or timeout <= 0:
-                raise ConfigurationError(f"{key}.timeout: expected a positive number of seconds")
             if "headers" in opts and not isinstance(opts["headers"], Mapping):
                 raise ConfigurationError(f"{key}.headers: expected a mapping")
         out.append(DestinationConfig(name=name, type=kind, options=opts))
@@ -368,9 +374,27 @@ def _check_postgres(key: str, opts: dict[str, Any]) -> None:
 
     if schema in RESERVED_WORDS:
         raise ConfigurationError(f"{key}.schema: {schema!r} is a reserved word in SQL")
-    timeout = opts.setdefault("timeout", 10.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+
+
+def _fit_timeout(key: str, opts: dict[str, Any], given: bool, claim_idle: float) -> None:
+    """A destination's ``timeout``: set, it must fit CLAIM_IDLE; unset, it is made to fit."""
+    timeout = opts.setdefault("timeout", min(DEFAULT_TIMEOUT, claim_idle / CLAIM_IDLE_PER_TIMEOUT))
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise ConfigurationError(f"{key}.timeout: expected a positive number of seconds")
+    if not timeout > 0:
+        raise ConfigurationError(
+            f"{key}.timeout: expected a positive number of seconds"
+            if given
+            else f"CLAIM_IDLE: {claim_idle:g}s leaves {key} no time to send a batch"
+        )
+    if timeout * CLAIM_IDLE_PER_TIMEOUT > claim_idle:
+        raise ConfigurationError(
+            f"{key}.timeout ({timeout:g}s) does not fit CLAIM_IDLE ({claim_idle:g}s): "
+            f"a batch still being sent would be claimed and sent again. CLAIM_IDLE "
+            f"must be at least {CLAIM_IDLE_PER_TIMEOUT:g} times every destination's "
+            f"timeout: raise CLAIM_IDLE to {timeout * CLAIM_IDLE_PER_TIMEOUT:g} or "
+            "shorten the timeout"
+        )
 
 
 def _patterns(value: Any) -> tuple[str, ...]:
@@ -496,7 +520,7 @@ def load_settings(
     return Settings(
         queue_url=queue_url,
         queue_prefix=str(merged["QUEUE_PREFIX"]),
-        destinations=_destinations(merged["DESTINATIONS"], environ),
+        destinations=_destinations(merged["DESTINATIONS"], environ, float(merged["CLAIM_IDLE"])),
         integrations=dict(integrations),
         pageviews=pageviews,
         trusted_proxies=proxies,

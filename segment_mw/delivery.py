@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from . import metrics
 from .config import Settings
 from .destinations import Destination, make_destination
-from .queue import Backoff, Queue, Record
+from .queue import Backoff, Lease, Queue, Record
 from .routing import Router
 
 log = logging.getLogger("segment_mw.delivery")
@@ -77,6 +77,11 @@ def batches(
         yield batch
 
 
+def retry_lease_ttl(dest: Destination) -> float:
+    """How long the retry lease lasts: several sends, renewed before each."""
+    return float(dest.options.get("timeout", 10.0)) * 4 + 5
+
+
 def consumer_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -114,25 +119,29 @@ class Deliverer:
         consumer = consumer_name()
         count = settings.batch_max_events
         dest = self.destinations[name]
-        lease = f"retry:{name}"
-        lease_ttl = float(dest.options.get("timeout", 10.0)) * 4 + 5
-        retried = queue.acquire(lease, lease_ttl)
-        if retried:
+        # Parked messages are sent by whoever holds this lease, renewed before each send
+        # so that a long run of retries (or of splits) never outlives it.
+        lease = queue.take_lease(f"retry:{name}", retry_lease_ttl(dest))
+        if lease is not None:
             try:
                 while time.monotonic() < deadline:
                     records = queue.read_retry(name, count)
                     if not records or not self._deliver(
-                        dest, records, backoff, report, attempt=backoff.attempts
+                        dest, records, backoff, report, read_at=0.0, lease=lease
                     ):
                         break
             finally:
-                queue.release(lease)
+                lease.release()
+        retried = lease is not None and not lease.lost
         while report.retry_at is None:
             if time.monotonic() >= deadline:
                 report.more = True
                 break
+            read_at = time.monotonic()
             records = queue.claim_idle(name, consumer, settings.claim_idle, count)
-            if not records or not self._deliver(dest, records, backoff, report, attempt=0):
+            if not records or not self._deliver(
+                dest, records, backoff, report, read_at=read_at, consumer=consumer
+            ):
                 break
         if report.retry_at is None and not report.more:
             self._deliver_new(dest, consumer, deadline, backoff, report)
@@ -167,32 +176,59 @@ class Deliverer:
         def read() -> list[Record]:
             return queue.read_new(name, consumer, count)
 
+        def deliver(records: list[Record], read_at: float) -> bool:
+            return self._deliver(dest, records, backoff, report, read_at=read_at, consumer=consumer)
+
         if not getattr(queue, "concurrent_reads", False):
             while report.retry_at is None:
                 if time.monotonic() >= deadline:
                     report.more = True
                     return
+                read_at = time.monotonic()
                 records = read()
-                if not records or not self._deliver(dest, records, backoff, report, attempt=0):
+                if not records or not deliver(records, read_at):
                     return
             return
         if time.monotonic() >= deadline:
             report.more = True
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment_mw-read") as pool:
+            read_at = time.monotonic()
             records = read()
             while records:
-                ahead = pool.submit(read) if time.monotonic() < deadline else None
-                delivered = self._deliver(dest, records, backoff, report, attempt=0)
+                ahead_at = time.monotonic()
+                ahead = pool.submit(read) if ahead_at < deadline else None
+                delivered = deliver(records, read_at)
                 if ahead is None:
                     report.more = True
                     return
-                records = ahead.result()
+                records, read_at = ahead.result(), ahead_at
                 if not delivered:
-                    # A back-off began: what was read meanwhile waits with the parked batch.
-                    if records:
-                        queue.hold_for_retry(name, [r.id for r in records])
+                    # A back-off began: what was read meanwhile waits with the parked batch
+                    # (never sent, so not counted as tried), unless it waited long enough
+                    # to be claimed by another consumer, whose it is now.
+                    ids = self._still_held(name, consumer, [r.id for r in records], read_at)
+                    queue.hold_for_retry(name, ids, attempts=0)
                     return
+
+    def _still_held(self, name: str, consumer: str, ids: list[str], read_at: float) -> list[str]:
+        """``ids`` if read too recently to be claimed by anyone; else those still ours.
+
+        Touching them also resets their idle time, so they are not claimed while sent.
+        """
+        if not ids or time.monotonic() - read_at < self.settings.claim_idle / 10:
+            return ids
+        return self._touch(name, consumer, ids)
+
+    def _touch(self, name: str, consumer: str, ids: list[str]) -> list[str]:
+        held = self.queue.touch(name, consumer, ids)
+        if len(held) < len(ids):
+            log.info(
+                "destination %s: %d message(s) were claimed by another consumer meanwhile",
+                name,
+                len(ids) - len(held),
+            )
+        return held
 
     def _dead_letter(self, name: str, records: Sequence[Record], error: str) -> None:
         dropped = self.queue.dead_letter(name, records, error)
@@ -211,13 +247,20 @@ class Deliverer:
         backoff: Backoff,
         report: FlushReport,
         *,
-        attempt: int,
+        read_at: float,
+        consumer: str | None = None,
+        lease: Lease | None = None,
     ) -> bool:
-        """Deliver what is routed to ``dest``; False when the destination began backing off.
+        """Deliver what is routed to ``dest``; False to stop (a back-off began, the lease lapsed).
 
-        ``attempt`` is how many times these messages were tried before (``X-Retry-Count``).
+        Messages ``consumer`` read at ``read_at`` are touched before a send once they have
+        been held a while, so that none is claimed as an orphan (and sent twice) while this
+        run of batches (or of splits) goes on; those another consumer claimed meanwhile are
+        left to it. Parked messages are sent only while ``lease`` is held. Each request's
+        ``X-Retry-Count`` is how often its messages were tried before: batches never mix
+        messages tried a different number of times.
         """
-        name, queue = dest.name, self.queue
+        name, queue, settings = dest.name, self.queue, self.settings
         mine: list[Record] = []
         skipped: list[str] = []
         for record in records:
@@ -235,13 +278,27 @@ class Deliverer:
                 skipped.append(record.id)
         if skipped:
             queue.ack(name, skipped)
-        todo = list(
-            batches(
-                mine, self.settings.batch_max_events, self.settings.batch_max_bytes, dest.overhead
+        todo = [
+            batch
+            for run in _same_attempts(mine)
+            for batch in batches(
+                run, settings.batch_max_events, settings.batch_max_bytes, dest.overhead
             )
-        )
+        ]
         while todo:
+            if lease is not None and not lease.keep():
+                log.warning("destination %s: the retry lease lapsed; leaving the rest", name)
+                return False
+            if consumer is not None and time.monotonic() - read_at >= settings.claim_idle / 10:
+                ids = [r.id for rest in todo for r in rest]
+                read_at = time.monotonic()
+                held = set(self._touch(name, consumer, ids))
+                if len(held) < len(ids):
+                    todo = [kept for rest in todo if (kept := [r for r in rest if r.id in held])]
+                    if not todo:
+                        break
             batch = todo.pop(0)
+            attempt = batch[0].attempts
             outcome = dest.send([r.body for r in batch], attempt=attempt)
             counted = metrics.take_unreported()  # what the destination counted (dropped values)
             if counted:
@@ -283,8 +340,8 @@ class Deliverer:
                 report.dead += len(batch)
                 continue
             # Transient: park this batch and everything after it, back off for everyone.
+            cutoff = time.time() - settings.retry_budget
             left = batch + [r for rest in todo for r in rest]
-            cutoff = time.time() - self.settings.retry_budget
             expired = [r for r in left if r.enqueued_at < cutoff]
             if expired:
                 self._dead_letter(name, expired, f"{error} (retry budget exhausted)")
@@ -295,21 +352,42 @@ class Deliverer:
                     len(expired),
                     error,
                 )
-            keep = [r.id for r in left if r.enqueued_at >= cutoff]
-            queue.hold_for_retry(name, keep)
+            # The batch sent counts one more try; the ones after it were not sent.
+            parked = [(r, attempt + 1) for r in batch] + [
+                (r, r.attempts) for rest in todo for r in rest
+            ]
+            waiting = 0
+            for tries in sorted({t for _, t in parked}):
+                ids = [r.id for r, t in parked if t == tries and r.enqueued_at >= cutoff]
+                queue.hold_for_retry(name, ids, attempts=tries)
+                waiting += len(ids)
             attempts = backoff.attempts + 1
             delay = backoff_delay(attempts, outcome.retry_after)
             backoff.attempts, backoff.until = attempts, time.time() + delay
             # When all of it was dead-lettered, the status says so, not just the failure.
-            queue.set_backoff(name, backoff, error if keep else f"{error} (retry budget exhausted)")
+            queue.set_backoff(
+                name, backoff, error if waiting else f"{error} (retry budget exhausted)"
+            )
             report.retry_at = backoff.until
             log.warning(
                 "destination %s failed (%s); %d message(s) retried in %.1fs (attempt %d)",
                 name,
                 error,
-                len(keep),
+                waiting,
                 delay,
                 attempts,
             )
             return False
         return True
+
+
+def _same_attempts(records: list[Record]) -> Iterator[list[Record]]:
+    """Runs of consecutive records tried the same number of times."""
+    run: list[Record] = []
+    for record in records:
+        if run and record.attempts != run[0].attempts:
+            yield run
+            run = []
+        run.append(record)
+    if run:
+        yield run

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 import time
 
+from . import forks
 from .delivery import Deliverer
 from .producer import KICK_LEASE, Producer
 
@@ -23,53 +23,55 @@ IDLE_WAKE = 5.0
 EXIT_TIMEOUT = 5.0
 
 
+class _State:
+    """One process's flusher thread."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.wake = threading.Event()
+        self.stop = False
+        self.lock = threading.Lock()
+        self.due: dict[str, float] = {}
+        self.closed = False  # closed in this process: it must not start again
+
+
 class InProcessFlusher:
     def __init__(self, deliverer: Deliverer, producer: Producer, delay: float) -> None:
         self.deliverer = deliverer
         self.producer = producer
         self.delay = delay
-        self._pid = -1
-        self._thread: threading.Thread | None = None
-        self._wake = threading.Event()
-        self._stop = False
-        self._lock = threading.Lock()
-        self._due: dict[str, float] = {}
-        self._closed_in = -1  # the pid that closed this flusher: it must not start again
+        # A forked child starts a thread of its own (its parent's is not running in it).
+        self._state: forks.ProcessLocal[_State] = forks.ProcessLocal(_State)
+        self._exit_hook = False
 
     def notify(self) -> None:
         self.start()
-        self._wake.set()
+        self._state.get().wake.set()
 
     def start(self) -> None:
         """Start the thread in this process if it is not running (and its exit hook)."""
-        if self._closed_in == os.getpid():
+        st = self._state.get()
+        if st.thread is not None or st.closed:
             return
-        if self._pid != os.getpid() or self._thread is None:
-            self._start()
-
-    def _start(self) -> None:
-        with self._lock:
-            if self._closed_in == os.getpid():
+        # Under the lock: close() in another thread must not miss a thread starting now.
+        with st.lock:
+            if st.thread is not None or st.closed:
                 return
-            if self._pid == os.getpid() and self._thread is not None:
-                return
-            self._pid = os.getpid()
-            self._stop = False
-            self._wake = threading.Event()
-            self._due = {}
-            self._thread = threading.Thread(
-                target=self._run, name="segment_mw-flusher", daemon=True
+            st.thread = threading.Thread(
+                target=self._run, args=(st,), name="segment_mw-flusher", daemon=True
             )
-            self._thread.start()
-            atexit.register(self.close)
+            st.thread.start()
+            if not self._exit_hook:
+                self._exit_hook = True  # a forked child inherits it: close() acts there too
+                atexit.register(self.close)
 
-    def _run(self) -> None:
-        while not self._stop:
+    def _run(self, st: _State) -> None:
+        while not st.stop:
             now = time.time()
-            waits = [max(t - now, 0.0) for t in self._due.values()]
-            woke = self._wake.wait(min([*waits, IDLE_WAKE]))
-            self._wake.clear()
-            if self._stop:
+            waits = [max(t - now, 0.0) for t in st.due.values()]
+            woke = st.wake.wait(min([*waits, IDLE_WAKE]))
+            st.wake.clear()
+            if st.stop:
                 return
             if woke and self.delay:
                 time.sleep(self.delay)  # gather what arrives meanwhile into one batch
@@ -83,34 +85,35 @@ class InProcessFlusher:
             self.run_once(force=woke)
 
     def run_once(self, *, force: bool = False) -> None:
+        due = self._state.get().due
         now = time.time()
         for name in self.deliverer.destinations:
-            if not force and self._due.get(name, 0.0) > now:
+            if not force and due.get(name, 0.0) > now:
                 continue
             try:
                 report = self.deliverer.flush_destination(name)
             except Exception:
                 log.exception("flushing destination %s failed", name)
-                self._due[name] = time.time() + 1.0
+                due[name] = time.time() + 1.0
                 continue
             delay = report.next_run
-            self._due[name] = time.time() + (IDLE_WAKE if delay is None else delay)
+            due[name] = time.time() + (IDLE_WAKE if delay is None else delay)
 
     def close(self, timeout: float = EXIT_TIMEOUT) -> None:
-        if self._pid != os.getpid():
+        st = self._state.peek()
+        if st is None:
             return
-        # Under the lock: another thread may be in _start, between creating and starting it.
-        with self._lock:
-            self._closed_in = os.getpid()
-            thread = self._thread
+        with st.lock:
+            st.closed = True
+            thread = st.thread
         if thread is None:
             return
-        self._stop = True
-        self._wake.set()
+        st.stop = True
+        st.wake.set()
         thread.join(timeout)
-        self._thread = None
+        st.thread = None
         deadline = time.monotonic() + timeout
-        self.producer.drain(timeout)
+        self.producer.drain(timeout, kick=False)  # this flush delivers it
         try:
             self.deliverer.flush_all(deadline=deadline)
         except Exception:

@@ -9,9 +9,13 @@ can lose).
 The buffer doubles as the bounded spill: while the queue is unreachable messages stay in
 it and are pushed when it returns; past ``SPILL_MAX_EVENTS`` new ones are dropped,
 counted and logged once per interval. ``submit(durable=True)`` writes synchronously (for
-business events such as charges) and falls back to the spill on failure. The thread is
-started lazily per process, so a fork (gunicorn, uWSGI, Celery prefork) gets a fresh one,
-and the buffer is drained at exit within a bounded time.
+business events such as charges) and falls back to the spill on failure. A push that
+failed after it was sent (a reply later than the timeout, a connection lost mid-way) is
+kept apart and finished with ``push_again``, which stores only what the queue lacks, so
+nothing is stored twice. The buffer and the thread belong to the process that made them
+(a fork starts afresh), and at exit the buffer is pushed, and a flush requested, within
+a bounded time. Where no background thread can run (uWSGI without threads), each
+message is pushed from the calling thread instead.
 """
 
 from __future__ import annotations
@@ -19,15 +23,14 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 
-from . import metrics
+from . import forks, hosting, metrics
 from .config import Settings
 from .events import Entry
-from .queue import Queue
+from .queue import Push, PushFailed, Queue
 
 log = logging.getLogger("segment_mw.producer")
 
@@ -38,6 +41,49 @@ KICK_TTL = 60.0  # a kick lost with its task is retried after this long
 PUSH_CHUNK = 5000
 EXIT_TIMEOUT = 2.0
 UNROUTED_TRIM_INTERVAL = 1.0  # seconds between trims by a process that names no destination
+
+
+class _State:
+    """One process's buffer and writer thread."""
+
+    def __init__(self) -> None:
+        self.buf: collections.deque[Entry] = collections.deque()
+        # Pushes that failed after they were sent, oldest first: finished by push_again.
+        self.unsure: collections.deque[Push] = collections.deque()
+        self.unsure_lock = threading.Lock()
+        self.wake = threading.Event()
+        self.idle = False
+        self.kick_wanted = False
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+        self.start_lock = threading.Lock()
+        # Held while a chunk is out of the buffer but not yet in the queue, so that drain()
+        # (flush(), exit) waits for the writer thread's push in flight instead of seeing an
+        # empty buffer and reporting everything pushed too early.
+        self.push_lock = threading.Lock()
+        self.ensured: set[int] = set()
+        self.untrimmed = False  # pushed since the last trim (processes with no destination)
+        self.trim_at = 0.0
+        self.threads_run = hosting.background_threads_run()
+        self.inline_retry_at = 0.0  # without a thread: no push from requests before then
+
+    @property
+    def held(self) -> int:
+        return len(self.buf) + sum(len(p.entries) for p in self.unsure)
+
+    def keep_unsure(self, pushes: tuple[Push, ...]) -> None:
+        with self.unsure_lock:
+            self.unsure.extend(pushes)
+
+    def take_unsure(self) -> list[Push]:
+        with self.unsure_lock:
+            pushes = list(self.unsure)
+            self.unsure.clear()
+        return pushes
+
+    def restore_unsure(self, pushes: list[Push]) -> None:
+        with self.unsure_lock:
+            self.unsure.extendleft(reversed(pushes))
 
 
 class Producer:
@@ -59,190 +105,239 @@ class Producer:
         self.kick_available: Callable[[], bool] = lambda: True
         self.settings = settings
         self.on_kick = on_kick
-        self._pid = -1
-        self._reset()
-
-    def _reset(self) -> None:
-        # After a fork the parent's buffer belongs to the parent: start empty.
-        self._pid = os.getpid()
-        self._buf: collections.deque[Entry] = collections.deque()
-        self._wake = threading.Event()
-        self._idle = False
-        self._kick_wanted = False
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-        # Held while a chunk is out of the buffer but not yet in the queue, so that drain()
-        # (flush(), exit) waits for the writer thread's push in flight instead of seeing an
-        # empty buffer and reporting everything pushed too early.
-        self._push_lock = threading.Lock()
-        self._ensured: set[int] = set()
-        self._untrimmed = False  # pushed since the last trim (processes with no destination)
-        self._trim_at = 0.0
+        # After a fork the parent's buffer belongs to the parent: the child starts empty.
+        self._state: forks.ProcessLocal[_State] = forks.ProcessLocal(_State)
+        self._exit_hook = False
 
     # -- request path ------------------------------------------------------------------
     def submit(self, entry: Entry, *, durable: bool = False) -> None:
-        if self._pid != os.getpid():
-            self._reset()
+        st = self._state.get()
         if durable:
             try:
-                self._ensure_destinations(self.direct_queue)
+                self._ensure_destinations(st, self.direct_queue)
                 self.direct_queue.push([entry])
-            except Exception as exc:
-                metrics.count("spilled")
-                metrics.warn_once_per_interval(
-                    "spilled",
-                    "queue unreachable (%s); holding messages in memory",
-                    type(exc).__name__,
-                )
-            else:
-                self._kick_wanted = True
-                self._untrimmed = True
-                self._ensure_thread()
-                self._wake.set()
+            except PushFailed as exc:
+                # It may be stored: finished by push_again later, never pushed anew.
+                self._spilled(exc)
+                if self._room(st):
+                    st.keep_unsure(exc.unsure)
+                self._wake(st)
                 return
-        if len(self._buf) >= self.settings.spill_max_events:
-            metrics.count("dropped")
-            metrics.warn_once_per_interval(
-                "dropped",
-                "in-memory spill full (%d messages); message dropped",
-                self.settings.spill_max_events,
-            )
+            except Exception as exc:
+                self._spilled(exc)  # nothing was stored: it joins the buffer below
+            else:
+                st.kick_wanted = True
+                st.untrimmed = True
+                self._wake(st)
+                return
+        if not self._room(st):
             return
-        self._buf.append(entry)
-        if self._thread is None:
-            self._ensure_thread()
-        if self._idle:
-            self._wake.set()
+        st.buf.append(entry)
+        if not st.threads_run:
+            self._push_inline(st)
+            return
+        if st.thread is None:
+            self._ensure_thread(st)
+        if st.idle:
+            st.wake.set()
+
+    def _room(self, st: _State) -> bool:
+        """Whether the spill can hold one more message; if not it is dropped and counted."""
+        if st.held < self.settings.spill_max_events:
+            return True
+        metrics.count("dropped")
+        metrics.warn_once_per_interval(
+            "dropped",
+            "in-memory spill full (%d messages); message dropped",
+            self.settings.spill_max_events,
+        )
+        return False
+
+    def _wake(self, st: _State) -> None:
+        if not st.threads_run:
+            self._push_inline(st)
+            return
+        self._ensure_thread(st)
+        st.wake.set()
+
+    def _spilled(self, exc: Exception) -> None:
+        metrics.count("spilled")
+        metrics.warn_once_per_interval(
+            "spilled", "queue unreachable (%s); holding messages in memory", type(exc).__name__
+        )
+
+    def _push_inline(self, st: _State) -> None:
+        """No background thread runs here: push from the calling thread, at ENQUEUE_TIMEOUT.
+
+        After a failure, requests only buffer for a while (the queue is likely still
+        away); the next push after that takes what was held, and exit pushes the rest.
+        """
+        if time.monotonic() < st.inline_retry_at:
+            return
+        if self._push_some(st, self.direct_queue, kick=True):
+            st.inline_retry_at = 0.0
+            if st.kick_wanted and not st.held:
+                st.kick_wanted = False
+                self._kick(self.direct_queue)
+        else:
+            st.inline_retry_at = time.monotonic() + 1.0
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) if self._pid == os.getpid() else 0
+        st = self._state.peek()
+        return st.held if st is not None else 0
 
     # -- writer thread -----------------------------------------------------------------
-    def _ensure_thread(self) -> None:
-        if self._thread is not None:
+    def _ensure_thread(self, st: _State) -> None:
+        if st.thread is not None or not st.threads_run:
             return
-        with self._start_lock:
-            if self._thread is None:
-                self._stopping = False
-                thread = threading.Thread(target=self._run, name="segment_mw-producer", daemon=True)
-                self._thread = thread
+        with st.start_lock:
+            if st.thread is None:
+                st.stopping = False
+                thread = threading.Thread(
+                    target=self._run, args=(st,), name="segment_mw-producer", daemon=True
+                )
+                st.thread = thread
                 thread.start()
-                atexit.register(self.close)
+                if not self._exit_hook:
+                    # Registered once: a forked child inherits it, and close() then acts on
+                    # the child's own buffer.
+                    self._exit_hook = True
+                    atexit.register(self.close)
 
-    def _run(self) -> None:
+    def _run(self, st: _State) -> None:
         failures = 0
         pushed_at = 0.0
         while True:
-            self._idle = True
-            if not self._buf and not self._kick_wanted:
-                if self._stopping:
+            st.idle = True
+            if not st.buf and not st.unsure and not st.kick_wanted:
+                if st.stopping:
                     return
-                self._wake.wait(1.0)
-                self._wake.clear()
-            self._idle = False
-            if self._buf:
-                self._gather(pushed_at)
+                st.wake.wait(1.0)
+                st.wake.clear()
+            st.idle = False
+            if st.buf or st.unsure:
+                self._gather(st, pushed_at)
                 pushed_at = time.monotonic()
-                if not self._push_some(kick=True):
+                if not self._push_some(st, self.queue, kick=True):
                     # Keep the messages, wait, try again: the queue may come back.
                     failures += 1
-                    if self._back_off(failures):
+                    if self._back_off(st, failures):
                         return
                     continue
-            if self._kick_wanted and not self._buf:
-                self._kick_wanted = False
-                if not self._kick():  # the queue did not answer the lease
+            if st.kick_wanted and not st.buf and not st.unsure:
+                st.kick_wanted = False
+                if not self._kick(self.queue):  # the queue did not answer the lease
                     failures += 1
-                    if self._back_off(failures):
+                    if self._back_off(st, failures):
                         return
                     continue
             failures = 0
-            if self._untrimmed:
-                self._trim_unrouted()
+            if st.untrimmed:
+                self._trim_unrouted(st)
 
-    def _back_off(self, failures: int) -> bool:
+    def _back_off(self, st: _State, failures: int) -> bool:
         """Wait after a failure (never spin: the app's threads need the GIL); True to stop."""
-        self._wake.wait(min(0.05 * 2**failures, 2.0))
-        self._wake.clear()
-        return self._stopping
+        st.wake.wait(min(0.05 * 2**failures, 2.0))
+        st.wake.clear()
+        return st.stopping
 
-    def _gather(self, pushed_at: float) -> None:
+    def _gather(self, st: _State, pushed_at: float) -> None:
         """While busy, push at most once per ``BUFFER_MAX_DELAY``: many messages a round trip.
 
         The first message after a quiet spell goes at once. Waiting here also keeps
         ``submit`` a plain append (no wake-ups), and the thread off the GIL.
         """
         wait = pushed_at + self.settings.buffer_max_delay - time.monotonic()
-        if wait > 0 and len(self._buf) < PUSH_CHUNK and not self._stopping:
-            time.sleep(wait)
+        if wait > 0 and len(st.buf) < PUSH_CHUNK and not st.stopping:
+            st.wake.wait(wait)  # cut short by close() (and by a durable write's kick)
+            st.wake.clear()
 
-    def _push_some(self, *, kick: bool = False) -> bool:
-        with self._push_lock:
-            return self._push_chunk(kick=kick)
+    def _push_some(self, st: _State, queue: Queue, *, kick: bool = False) -> bool:
+        """Finish unsure pushes, then push a chunk of the buffer; False on failure."""
+        with st.push_lock:
+            return self._push_held(st, queue, kick=kick)
 
-    def _push_chunk(self, *, kick: bool) -> bool:
+    def _push_held(self, st: _State, queue: Queue, *, kick: bool) -> bool:
+        """``_push_some`` with the push lock held."""
+        if st.unsure and not self._push_unsure(st, queue):
+            return False
+        if not st.buf:
+            return True
         chunk: list[Entry] = []
-        while self._buf and len(chunk) < PUSH_CHUNK:
-            chunk.append(self._buf.popleft())
-        # From the writer thread, and where the queue can, the kick's lease is tried in the
-        # push's own round trip (one round trip instead of two).
-        push_and_acquire = (
-            getattr(self.queue, "push_and_acquire", None) if kick and self._can_kick() else None
-        )
+        while st.buf and len(chunk) < PUSH_CHUNK:
+            chunk.append(st.buf.popleft())
+        # Where it may kick, the lease is tried in the push's own round trip.
         leased: bool | None = None
         try:
-            self._ensure_destinations(self.queue)
-            if push_and_acquire is not None:
-                leased = bool(push_and_acquire(chunk, KICK_LEASE, KICK_TTL))
+            self._ensure_destinations(st, queue)
+            if kick and self._can_kick():
+                leased = queue.push_and_acquire(chunk, KICK_LEASE, KICK_TTL)
             else:
-                self.queue.push(chunk)
-        except Exception as exc:
-            self._buf.extendleft(reversed(chunk))
-            metrics.count("push_failed")
-            metrics.warn_once_per_interval(
-                "push_failed",
-                "queue unreachable (%s: %s); %d message(s) held in memory until it returns",
-                type(exc).__name__,
-                str(exc)[:200],
-                len(self._buf),
-            )
+                queue.push(chunk)
+        except PushFailed as exc:
+            st.keep_unsure(exc.unsure)
+            self._push_failed(st, exc)
             return False
-        self._untrimmed = True
+        except Exception as exc:
+            st.buf.extendleft(reversed(chunk))
+            self._push_failed(st, exc)
+            return False
+        st.untrimmed = True
         if leased is None:
-            self._kick_wanted = True  # acquired once the buffer is empty, by _kick
+            st.kick_wanted = True  # acquired once the buffer is empty, by _kick
         elif leased:
-            self._request_flush()
+            self._request_flush(queue)
         # else: a flush is already on its way and will see these messages
-        self._report_counts()
+        self._report_counts(queue)
         return True
 
-    def _report_counts(self) -> None:
+    def _push_unsure(self, st: _State, queue: Queue) -> bool:
+        pushes = st.take_unsure()
+        try:
+            queue.push_again(pushes)
+        except Exception as exc:
+            st.restore_unsure(pushes)
+            self._push_failed(st, exc)
+            return False
+        st.kick_wanted = st.untrimmed = True
+        return True
+
+    def _push_failed(self, st: _State, exc: Exception) -> None:
+        metrics.count("push_failed")
+        metrics.warn_once_per_interval(
+            "push_failed",
+            "queue unreachable (%s: %s); %d message(s) held in memory until it returns",
+            type(exc).__name__,
+            str(exc)[:200],
+            st.held,
+        )
+
+    def _report_counts(self, queue: Queue) -> None:
         pending = metrics.take_unreported()
         if not pending:
             return
-        add = getattr(self.queue, "add_counts", None)
         try:
-            if add is not None:
-                add(pending)
+            queue.add_counts(pending)
         except Exception:
             metrics.restore_unreported(pending)
 
-    def _kick(self) -> bool:
+    def _kick(self, queue: Queue) -> bool:
         """Request a flush unless one is on its way; False when the queue did not answer."""
         if not self._can_kick():
             return True
         try:
-            if not self.queue.acquire(KICK_LEASE, KICK_TTL):
+            if not queue.acquire(KICK_LEASE, KICK_TTL):
                 return True  # a flush is already on its way and will see these messages
         except Exception:
-            self._kick_wanted = True
+            st = self._state.peek()
+            if st is not None:
+                st.kick_wanted = True
             return False
-        self._request_flush()
+        self._request_flush(queue)
         return True
 
-    def _trim_unrouted(self, *, now: bool = False) -> None:
+    def _trim_unrouted(self, st: _State, *, now: bool = False) -> None:
         """In a process that names no destination, trim the log at most once a second.
 
         Its messages are for whatever destinations other processes (workers) name, and
@@ -250,19 +345,19 @@ class Producer:
         will read them, and a staging deployment without a write key must not fill Redis.
         """
         if self.settings.destinations:
-            self._untrimmed = False
+            st.untrimmed = False
             return
-        if not now and time.monotonic() < self._trim_at:
+        if not now and time.monotonic() < st.trim_at:
             return
-        self._untrimmed = False
-        self._trim_at = time.monotonic() + UNROUTED_TRIM_INTERVAL
+        st.untrimmed = False
+        st.trim_at = time.monotonic() + UNROUTED_TRIM_INTERVAL
         try:
             self.queue.trim()
         except Exception:
-            self._untrimmed = True
+            st.untrimmed = True
             log.debug("trim failed", exc_info=True)
 
-    def _ensure_destinations(self, queue: Queue) -> None:
+    def _ensure_destinations(self, st: _State, queue: Queue) -> None:
         """Once per process and queue: a cursor for every configured destination.
 
         Consumers create them too, but a producer must not rely on that: a destination
@@ -270,16 +365,16 @@ class Producer:
         have no cursor while an old worker trims the log past what it has not read.
         """
         key = id(queue)
-        if key not in self._ensured:
+        if key not in st.ensured:
             queue.ensure_destinations(list(self.settings.destination_names))
-            self._ensured.add(key)
+            st.ensured.add(key)
 
     def _can_kick(self) -> bool:
         # Only take the shared lease when this process can act on it: a lease held by a
         # process with no way to request a flush would mute every other process's kicks.
         return self.on_kick is not None and self.kick_available()
 
-    def _request_flush(self) -> None:
+    def _request_flush(self, queue: Queue) -> None:
         """With the kick lease held: ask for a flush; give the lease back if that fails."""
         if self.on_kick is None:
             return
@@ -288,7 +383,7 @@ class Producer:
         except Exception as exc:
             # The flush could not be requested (broker down?): let the next push try.
             try:
-                self.queue.release(KICK_LEASE)
+                queue.release(KICK_LEASE)
             except Exception:
                 log.debug("could not release the kick lease", exc_info=True)
             metrics.count("kick_failed")
@@ -297,34 +392,46 @@ class Producer:
             )
 
     # -- lifecycle ---------------------------------------------------------------------
-    def drain(self, timeout: float = EXIT_TIMEOUT) -> bool:
-        """Push everything buffered now (from the calling thread); True when empty."""
+    def drain(self, timeout: float = EXIT_TIMEOUT, *, kick: bool = True) -> bool:
+        """Push everything buffered now (from the calling thread); True when empty.
+
+        Then, with ``kick``, request a flush of what was pushed, as the writer thread would
+        have: a process on its way out must not leave its last messages waiting for a
+        worker's watchdog.
+        """
+        st = self._state.peek()
+        if st is None:
+            return True
         deadline = time.monotonic() + timeout
-        while self._pid == os.getpid():
+        while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self._push_lock.acquire(timeout=left):
+            if left <= 0 or not st.push_lock.acquire(timeout=left):
                 break
             try:
-                if not self._buf:
-                    return True  # and no push is in flight: it held the lock
-                pushed = self._push_chunk(kick=False)
+                if not st.buf and not st.unsure:
+                    break  # and no push is in flight: it held the lock
+                pushed = self._push_held(st, self.queue, kick=kick)
             finally:
-                self._push_lock.release()
+                st.push_lock.release()
             if not pushed:
                 time.sleep(0.05)
-        return not self.buffered
+        if kick and st.kick_wanted and not st.held:
+            st.kick_wanted = False
+            self._kick(self.queue)
+        return not st.held
 
     def close(self, timeout: float = EXIT_TIMEOUT) -> None:
-        if self._pid != os.getpid():
+        st = self._state.peek()
+        if st is None:
             return
-        self._stopping = True
-        self._wake.set()
-        thread = self._thread
+        st.stopping = True
+        st.wake.set()
+        thread = st.thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
-        if self._buf and not self.drain(timeout):
-            metrics.count("dropped", len(self._buf))
-            log.error("exiting with %d message(s) the queue could not take", len(self._buf))
-        if self._untrimmed:
-            self._trim_unrouted(now=True)
-        self._thread = None
+        if (st.buf or st.unsure or st.kick_wanted) and not self.drain(timeout):
+            metrics.count("dropped", st.held)
+            log.error("exiting with %d message(s) the queue could not take", st.held)
+        if st.untrimmed:
+            self._trim_unrouted(st, now=True)
+        st.thread = None

@@ -28,3 +28,17 @@ _settings = os.environ.get("SEGMENT_MW_TEST_SETTINGS")
 if _settings:
     segment_mw.configure(json.loads(_settings))
     segment_mw.celery.install(app)
+
+
+@app.task(name="tests.emit_buffered")
+def emit_buffered(tag: str, count: int) -> None:
+    """Emit ``count`` buffered events (the hand-off pageviews use), as a task would."""
+    from segment_mw import api, events
+
+    for n in range(count):
+        api.emit(
+            "track",
+            events.track_fields("Buffered", {"tag": tag, "n": n}),
+            user_id=tag,
+            durable=False,
+        )

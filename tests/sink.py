@@ -39,6 +39,7 @@ class Sink:
         self.failures: list[Failure] = []
         self.attempts: list[Received] = []  # every request, failed ones included
         self.reject_when: Any = None  # callable(event) -> bool: answer 400 for such batches
+        self.delay = 0.0  # seconds every accepted batch takes to be answered (a slow host)
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
 
@@ -115,6 +116,9 @@ class Sink:
                     return
                 with sink.lock:
                     sink.requests.append(received)
+                    delay = sink.delay
+                if delay:
+                    time.sleep(delay)
                 self._answer(200, b'{"success": true}', {})
 
             def _answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:

@@ -202,6 +202,26 @@ def test_bad_destinations_are_named(destinations: Any, message: str) -> None:
         load({"DESTINATIONS": destinations})
 
 
+def test_every_destination_timeout_must_fit_claim_idle() -> None:
+    """A batch being sent must never look orphaned: CLAIM_IDLE >= 1.5 x each timeout."""
+    hook = {"type": "http", "url": "https://hooks.example/in"}
+    fits = load({"CLAIM_IDLE": 30, "DESTINATIONS": {"a": {**hook, "timeout": 20}}})
+    assert fits.destination("a").options["timeout"] == 20
+    with pytest.raises(ConfigurationError) as refused:
+        load({"CLAIM_IDLE": 30, "DESTINATIONS": {"a": hook, "b": {**hook, "timeout": 25}}})
+    message = str(refused.value)
+    assert "DESTINATIONS['b'].timeout" in message
+    assert "CLAIM_IDLE" in message
+    assert "37.5" in message  # what CLAIM_IDLE would have to be
+    # Unset, a timeout shortens to fit a short CLAIM_IDLE instead of refusing it.
+    short = load({"CLAIM_IDLE": 3, "DESTINATIONS": {"a": hook}})
+    assert short.destination("a").options["timeout"] == 2.0
+    with pytest.raises(ConfigurationError, match=r"CLAIM_IDLE: 0s leaves"):
+        load({"CLAIM_IDLE": 0, "DESTINATIONS": {"a": hook}})
+    # Destinations without a network take no timeout.
+    load({"CLAIM_IDLE": 0, "DESTINATIONS": {"log": {"type": "log"}}})
+
+
 def test_write_key_alone_makes_one_segment_destination() -> None:
     settings = load(SEGMENT_WRITE_KEY=WRITE_KEY)
     (dest,) = settings.destinations

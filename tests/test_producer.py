@@ -24,9 +24,10 @@ def test_a_queue_that_fails_the_kick_lease_is_not_hammered(configure):
             raise ConnectionError("queue down")
 
     producer = Producer(Unreachable(), client.settings, on_kick=lambda: None)
-    producer._kick_wanted = True
-    producer._ensure_thread()
-    producer._wake.set()
+    state = producer._state.get()
+    state.kick_wanted = True
+    producer._ensure_thread(state)
+    state.wake.set()
     time.sleep(1.0)
     producer.close(timeout=0.5)
     # Backing off (50 ms, 100 ms, ... 2 s): a handful of tries, never a busy loop.

@@ -11,7 +11,6 @@ import base64
 import datetime as dt
 import email.utils
 import gzip
-import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import orjson
 import urllib3
 
+from .. import forks
 from ..config import _Redacted
 from ..version import __version__
 from .base import Destination, Outcome
@@ -75,20 +75,22 @@ class HttpBatchDestination(Destination):
         }
         self.headers.update({str(k): str(v) for k, v in (options.get("headers") or {}).items()})
         self._secrets = [v for k, v in self.headers.items() if k.lower() == "authorization"]
-        self._pool: urllib3.PoolManager | None = None
-        self._pid = 0
+        self._pool: forks.ProcessLocal[urllib3.PoolManager] = forks.ProcessLocal(self._new_pool)
+
+    def _new_pool(self) -> urllib3.PoolManager:
+        return urllib3.PoolManager(
+            num_pools=4,
+            maxsize=4,
+            retries=False,
+            # ``timeout`` covers connecting and waiting for the answer together (CLAIM_IDLE
+            # is checked against it: a batch being sent must not look orphaned). Only a
+            # host that trickles its answer a byte at a time can take longer.
+            timeout=urllib3.Timeout(total=self.timeout, connect=min(self.timeout, 5.0)),
+        )
 
     @property
     def pool(self) -> urllib3.PoolManager:
-        if self._pool is None or self._pid != os.getpid():
-            self._pool = urllib3.PoolManager(
-                num_pools=4,
-                maxsize=4,
-                retries=False,
-                timeout=urllib3.Timeout(connect=min(self.timeout, 5.0), read=self.timeout),
-            )
-            self._pid = os.getpid()
-        return self._pool
+        return self._pool.get()
 
     def extra_fields(self) -> bytes:
         return b""
@@ -139,9 +141,9 @@ class HttpBatchDestination(Destination):
         return Outcome.rejected(error, split=status in (400, 413))
 
     def close(self) -> None:
-        if self._pool is not None and self._pid == os.getpid():
-            self._pool.clear()
-        self._pool = None
+        pool = self._pool.reset()
+        if pool is not None:
+            pool.clear()
 
 
 class SegmentDestination(HttpBatchDestination):

@@ -19,7 +19,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -36,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'segment-mw[postgres]'"
     ) from exc
 
-from .. import metrics
+from .. import forks, metrics
 from ..errors import ConfigurationError
 from ..warehouse.schema import Layout, Row, Unloadable, layout, standard_columns
 from ..warehouse.types import Fit, fitter, infer, native
@@ -96,6 +95,15 @@ def describe_dsn(dsn: str) -> str:
     return f"{host}:{params.get('port') or 5432}/{params.get('dbname') or params.get('user') or ''}"
 
 
+class _Session:
+    """One process's connections to the warehouse, and what it knows of its tables."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self.columns: dict[str, dict[str, str]] | None = None  # table -> column -> type
+
+
 class PostgresDestination(Destination):
     """Writes Segment's warehouse tables into a PostgreSQL schema (see the module doc)."""
 
@@ -117,22 +125,17 @@ class PostgresDestination(Destination):
         self._ms = str(int(self.timeout * 1000))
         digest = hashlib.sha256(f"segment_mw:{self.schema}".encode()).digest()
         self._lock_key = int.from_bytes(digest[:8], "big", signed=True)
-        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
-        self._pid = os.getpid()  # the pool belongs to the process that made it
-        self._lock = threading.Lock()
-        self._columns: dict[str, dict[str, str]] | None = None  # table -> column -> type
+        # A forked child makes its own pool, lock and catalog; the parent's pool is left
+        # alone (closing it would end the parent's sessions).
+        self._session: forks.ProcessLocal[_Session] = forks.ProcessLocal(_Session)
 
     # -- connections ---------------------------------------------------------------------
     @property
     def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
-        if self._pool is None or self._pid != os.getpid():
-            if self._pid != os.getpid():
-                # A forked child: the parent's pool, lock and catalog are the parent's. Its
-                # pool is left alone (closing it would end the parent's sessions).
-                self._lock = threading.Lock()
-                self._pool, self._columns, self._pid = None, None, os.getpid()
-            with self._lock:
-                if self._pool is None:
+        session = self._session.get()
+        if session.pool is None:
+            with session.lock:
+                if session.pool is None:
                     pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
                         self._dsn,
                         min_size=0,
@@ -149,8 +152,8 @@ class PostgresDestination(Destination):
                         check=ConnectionPool.check_connection,
                     )
                     pool.open(wait=False)
-                    self._pool = pool
-        return self._pool
+                    session.pool = pool
+        return session.pool
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         # A batch stuck behind someone's lock or a slow server gives up in time and is
@@ -158,9 +161,9 @@ class PostgresDestination(Destination):
         conn.execute("SELECT set_config('statement_timeout', %s, false)", [self._ms])
 
     def close(self) -> None:
-        if self._pool is not None and self._pid == os.getpid():
-            self._pool.close()
-        self._pool = None
+        session = self._session.reset()
+        if session is not None and session.pool is not None:
+            session.pool.close()
 
     # -- delivery ------------------------------------------------------------------------
     def send(self, bodies: Sequence[bytes], *, attempt: int = 0) -> Outcome:
@@ -199,8 +202,9 @@ class PostgresDestination(Destination):
                     f"{min(self.timeout, 5.0):g}s"
                 )
             except _STALE as exc:
-                with self._lock:
-                    self._columns = None
+                session = self._session.get()
+                with session.lock:
+                    session.columns = None
                 if not retried:
                     retried = True
                     continue
@@ -242,12 +246,13 @@ class PostgresDestination(Destination):
         self, conn: psycopg.Connection[Any], layouts: Sequence[Layout]
     ) -> dict[str, dict[str, str]]:
         """The column types of the tables written to, after adding what is missing."""
-        with self._lock:
-            columns = self._columns
+        session = self._session.get()
+        with session.lock:
+            columns = session.columns
         if columns is None:
             columns = self._catalog(conn)
-            with self._lock:
-                self._columns = columns
+            with session.lock:
+                session.columns = columns
         missing: dict[str, dict[str, str]] = {}
         for laid in layouts:
             rows = laid.rows if laid.latest is None else [*laid.rows, laid.latest]
@@ -263,9 +268,9 @@ class PostgresDestination(Destination):
             found = self._add_columns(conn, table, new)
             if not found.keys() >= new.keys():
                 raise _CatalogChanged(table)
-            with self._lock:
+            with session.lock:
                 columns = {**columns, table: found}
-                self._columns = columns
+                session.columns = columns
         return columns
 
     def _add_columns(

@@ -33,6 +33,74 @@ class Record:
     integrations: bytes | None
     only: str | None  # set by replay: the one destination this copy is for
     enqueued_at: float  # seconds since the epoch
+    # Times it was sent to this destination and failed (X-Retry-Count): set by read_retry.
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """Entries a failed push may have stored in part, to finish with ``Queue.push_again``.
+
+    ``origin`` and ``first`` name them for a backend that stores each at most once: the
+    ordinal of ``entries[0]`` under that origin, the rest following on.
+    """
+
+    entries: tuple[Entry, ...]
+    only: str | None = None
+    origin: str = ""
+    first: int = 0
+
+
+class PushFailed(Exception):
+    """A push failed after it was sent: the queue may hold none, some or all of it.
+
+    ``unsure`` must be finished with :meth:`Queue.push_again`, never pushed as new entries
+    (which would store twice what got through).
+    """
+
+    def __init__(self, unsure: Sequence[Push], cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.unsure = tuple(unsure)
+        self.cause = cause
+
+    @property
+    def count(self) -> int:
+        return sum(len(push.entries) for push in self.unsure)
+
+
+class Lease(abc.ABC):
+    """A named lease with an owner: only its holder can renew or release it."""
+
+    def __init__(self, name: str, ttl: float) -> None:
+        self.name = name
+        self.ttl = ttl
+        self.lost = False
+        self._renewed = time.monotonic()
+
+    def keep(self) -> bool:
+        """Whether it is still ours for two thirds of its ttl or more; False once lost.
+
+        Renews it (one round trip) only once a third of the ttl has passed since it was
+        taken or last renewed: until then nobody else can have it.
+        """
+        if self.lost:
+            return False
+        now = time.monotonic()
+        if now - self._renewed < self.ttl / 3:
+            return True
+        if not self.renew():
+            self.lost = True
+            return False
+        self._renewed = now
+        return True
+
+    @abc.abstractmethod
+    def renew(self) -> bool:
+        """Extend it to the full ttl from now if still ours; False when it was lost."""
+
+    @abc.abstractmethod
+    def release(self) -> None:
+        """Give it up if still ours (never someone else's that took it after it lapsed)."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +191,32 @@ class Queue(abc.ABC):
     # -- producers ---------------------------------------------------------------------
     @abc.abstractmethod
     def push(self, entries: Sequence[Entry], *, only: str | None = None) -> None:
-        """Append ``entries``; raise on failure (the producer spills and retries)."""
+        """Append ``entries``; raise on failure (the producer spills and retries).
+
+        A failure after the entries may have reached storage raises :class:`PushFailed`;
+        any other exception means nothing was stored.
+        """
+
+    def push_again(self, pushes: Sequence[Push]) -> None:
+        """Finish pushes that raised :class:`PushFailed`: store what each still lacks, once.
+
+        The default is for backends whose push is all or nothing (a failed one stored
+        nothing): it pushes them whole.
+        """
+        for push in pushes:
+            self.push(push.entries, only=push.only)
+
+    def push_and_acquire(self, entries: Sequence[Entry], lease: str, ttl: float) -> bool | None:
+        """``push``, then ``acquire`` (in the same round trip where the backend can).
+
+        True or False: whether the lease was taken; None when the entries were stored but
+        the lease could not be tried (ask again later, never push again).
+        """
+        self.push(entries)
+        try:
+            return self.acquire(lease, ttl)
+        except Exception:
+            return None
 
     # -- consumers ---------------------------------------------------------------------
     @abc.abstractmethod
@@ -145,8 +238,20 @@ class Queue(abc.ABC):
         """Seconds the longest-idle pending message (not held for retry) has been idle."""
 
     @abc.abstractmethod
-    def hold_for_retry(self, destination: str, ids: Sequence[str]) -> None:
-        """Park pending messages for the next retry of this destination."""
+    def touch(self, destination: str, consumer: str, ids: Sequence[str]) -> list[str]:
+        """Reset the idle time of the pending messages ``consumer`` still holds among ``ids``.
+
+        So that a batch still being worked on is not claimed as an orphan. Returns the ids
+        still held; the others were claimed by another consumer (theirs to send now).
+        """
+
+    @abc.abstractmethod
+    def hold_for_retry(self, destination: str, ids: Sequence[str], *, attempts: int = 0) -> None:
+        """Park pending messages for the next retry of this destination.
+
+        ``attempts``: how many times they were sent to it and failed (0 for messages parked
+        without being sent), handed back by ``read_retry`` as ``Record.attempts``.
+        """
 
     @abc.abstractmethod
     def read_retry(self, destination: str, count: int) -> list[Record]:
@@ -188,10 +293,19 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     def acquire(self, name: str, ttl: float) -> bool:
-        """Take a named lease shared by every process; False when someone else holds it."""
+        """Set a named marker shared by every process; False when it is already set.
+
+        A marker debounces (one flush requested at a time) and anyone may clear it with
+        :meth:`release`: the flush it asked for clears it. Work that only one process may do
+        at a time takes a :meth:`take_lease` instead.
+        """
 
     @abc.abstractmethod
     def release(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def take_lease(self, name: str, ttl: float) -> Lease | None:
+        """Take the lease ``name`` for ``ttl`` seconds; None while someone else holds it."""
 
     @abc.abstractmethod
     def status(self, destinations: Sequence[str]) -> QueueStatus:

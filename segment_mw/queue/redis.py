@@ -18,8 +18,11 @@ import dataclasses
 # Imported now, not lazily by the first connect's getaddrinfo in the producer's thread,
 # where each file read waits for the GIL a busy web process rarely gives up.
 import encodings.idna  # noqa: F401
+import hashlib
 import inspect
 import logging
+import os
+import threading
 import time
 import types
 from collections.abc import Callable, Sequence
@@ -27,9 +30,11 @@ from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import LockError, NoScriptError
+from redis.lock import Lock
 from redis.retry import Retry
 
-from .. import metrics
+from .. import forks, metrics
 from ..config import hide_password
 from ..errors import ConfigurationError
 from ..events import Entry
@@ -39,6 +44,9 @@ from .base import (
     Backoff,
     DeadLetterLimits,
     DestinationStatus,
+    Lease,
+    Push,
+    PushFailed,
     Queue,
     QueueStatus,
     Record,
@@ -72,23 +80,31 @@ def _raw_reply(response: Any, **options: Any) -> Any:
     return response
 
 
-def _record_factory() -> Callable[[str, bytes, bytes | None, str | None, float], Record]:
+def _record_factory() -> Callable[[str, bytes, bytes | None, str | None, float, int], Record]:
     """``Record(...)`` at half the cost, for reads of thousands of messages.
 
     A frozen dataclass's ``__init__`` sets every field through ``object.__setattr__``;
     filling the slots directly builds the same (equal, hashable, frozen) object.
     """
-    names = ("id", "body", "integrations", "only", "enqueued_at")
+    names = ("id", "body", "integrations", "only", "enqueued_at", "attempts")
     slots = [vars(Record).get(name) for name in names]
     if [f.name for f in dataclasses.fields(Record)] != list(names) or not all(
         isinstance(slot, types.MemberDescriptorType) for slot in slots
     ):
         return Record
     new = object.__new__
-    set_id, set_body, set_integrations, set_only, set_enqueued = (s.__set__ for s in slots)  # type: ignore[union-attr]
+    set_id, set_body, set_integrations, set_only, set_enqueued, set_attempts = (
+        s.__set__  # type: ignore[union-attr]
+        for s in slots
+    )
 
     def new_record(
-        id: str, body: bytes, integrations: bytes | None, only: str | None, enqueued_at: float
+        id: str,
+        body: bytes,
+        integrations: bytes | None,
+        only: str | None,
+        enqueued_at: float,
+        attempts: int,
     ) -> Record:
         record: Record = new(Record)
         set_id(record, id)
@@ -96,6 +112,7 @@ def _record_factory() -> Callable[[str, bytes, bytes | None, str | None, float],
         set_integrations(record, integrations)
         set_only(record, only)
         set_enqueued(record, enqueued_at)
+        set_attempts(record, attempts)
         return record
 
     return new_record
@@ -128,6 +145,147 @@ def _next_id(entry_id: str) -> str:
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, seq = entry_id.split("-", 1)
     return int(ms), int(seq)
+
+
+# Appends entries at most once. Every push names its origin (one producer's run of pushes,
+# never two at a time) and the ordinal of its first entry; the origin's mark holds the last
+# ordinal stored. A push again of entries a timed-out push did store is then a no-op, and
+# one that stored part of them appends the rest only. Atomic, so never half applied.
+# KEYS: the stream, the origin's mark. ARGV: the first ordinal, the mark's ttl (ms), the
+# replay target ("" for none), then a body and integrations ("" for none) per entry.
+_PUSH_SCRIPT = """
+local first = tonumber(ARGV[1])
+local count = (#ARGV - 3) / 2
+local skip = 0
+local mark = redis.call('GET', KEYS[2])
+if mark then
+  skip = tonumber(mark) - first + 1
+  if skip < 0 then
+    return redis.error_reply('SEGMENT_MW_GAP an earlier push of this origin is missing')
+  end
+  if skip >= count then
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+    return 0
+  end
+end
+local only = ARGV[3]
+for i = skip, count - 1 do
+  local body, integrations = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+  if integrations == '' then
+    if only == '' then
+      redis.call('XADD', KEYS[1], '*', 'e', body)
+    else
+      redis.call('XADD', KEYS[1], '*', 'e', body, 'o', only)
+    end
+  elseif only == '' then
+    redis.call('XADD', KEYS[1], '*', 'e', body, 'i', integrations)
+  else
+    redis.call('XADD', KEYS[1], '*', 'e', body, 'i', integrations, 'o', only)
+  end
+end
+redis.call('SET', KEYS[2], tostring(first + count - 1), 'PX', ARGV[2])
+return count - skip
+"""
+_PUSH_SHA = hashlib.sha1(_PUSH_SCRIPT.encode()).hexdigest().encode()  # noqa: S324 - Redis' id
+
+# Resets the idle time of the pending entries a consumer still holds among the given ids
+# (XCLAIM alone would take them from whoever claimed them meanwhile); returns those ids.
+# KEYS: the stream. ARGV: the group, the consumer, then the ids.
+_TOUCH_SCRIPT = """
+local held = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+for i = 3, #ARGV do
+  local row = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if row[1] then
+    held[#held + 1] = ARGV[i]
+  end
+end
+if #held == 5 then
+  return {}
+end
+held[#held + 1] = 'JUSTID'
+redis.call(unpack(held))
+return {unpack(held, 6, #held - 1)}
+"""
+
+# The messages parked for retry, oldest first, with how often each was tried: the delivery
+# count hold_for_retry set (read with XRANGE, which, unlike XREADGROUP, leaves it as is).
+# KEYS: the stream. ARGV: the group, the retry consumer, how many.
+_READ_RETRY_SCRIPT = """
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[3]), ARGV[2])
+local out = {}
+for i, row in ipairs(rows) do
+  local entry = redis.call('XRANGE', KEYS[1], row[1], row[1])
+  out[i] = {row[1], row[4], entry[1] and entry[1][2] or false}
+end
+return out
+"""
+
+# Entries per push script: each runs atomically, so Redis serves its other clients between
+# them (250 entries take it well under a millisecond).
+SCRIPT_ENTRIES = 250
+# How long an origin's mark outlives its last push (ms): an entry whose push timed out may
+# be pushed again that much later (after a long outage) and still be stored once.
+_MARK_TTL = b"86400000"  # a day
+# Once a push again succeeded its origin is done; the mark only has to outlast the timed
+# out original, which Redis may still be about to run.
+_DONE_MARK_TTL = b"600000"  # ten minutes
+TOUCH_IDS = 1000
+
+
+class _Origins:
+    """This process's origins of pushes; each is lent to one push at a time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.free: list[_Origin] = []
+
+    def take(self) -> _Origin:
+        with self.lock:
+            if self.free:
+                return self.free.pop()
+        return _Origin()
+
+    def give_back(self, origin: _Origin) -> None:
+        with self.lock:
+            self.free.append(origin)
+
+
+class _Origin:
+    __slots__ = ("mark", "name", "next")
+
+    def __init__(self) -> None:
+        self.name = os.urandom(12).hex()
+        self.next = 1
+        self.mark: bytes | None = None  # the key of its mark, once a queue names it
+
+
+class _NotSent(redis.ConnectionError):
+    """No connection could be had: nothing of the commands reached Redis."""
+
+
+class _Unsure(Exception):
+    """The commands may have reached Redis, in part or whole (the cause says why not all)."""
+
+
+class _RedisLease(Lease):
+    """redis-py's Lock: a token of our own, renewed and released by compare-and-set."""
+
+    def __init__(self, lock: Lock, name: str, ttl: float) -> None:
+        super().__init__(name, ttl)
+        self._lock = lock
+
+    def renew(self) -> bool:
+        try:
+            self._lock.reacquire()
+        except (LockError, redis.RedisError):  # lapsed and maybe taken, or cannot tell
+            return False
+        return True
+
+    def release(self) -> None:
+        try:
+            self._lock.release()
+        except (LockError, redis.RedisError):  # lapsed: it is not ours to release
+            log.debug("lease %s was no longer held", self.name)
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -205,48 +363,54 @@ class RedisQueue(Queue):
         self.timeout = timeout
         self.dead_letters = dead_letters
         self.stream = f"{prefix}:log"
-        # Typed as Any: redis-py's reply unions (bytes | str | None …) do not match the
-        # decode_responses=False replies we get, and every reply is decoded here anyway.
-        self._client: Any = None
+        self._stream_key = self.stream.encode()
+        # Made in each process (a forked child must not share the parent's sockets, nor
+        # push under its origins: the same ordinals would be taken for stored ones).
+        self._client: forks.ProcessLocal[Any] = forks.ProcessLocal(self._connect)
+        self._origins: forks.ProcessLocal[_Origins] = forks.ProcessLocal(_Origins)
         self._server_checked = False
         self._known_groups: set[str] = set()
 
     def __repr__(self) -> str:
         return f"RedisQueue(prefix={self.prefix!r})"
 
+    def _connect(self) -> Any:
+        # Typed as Any: redis-py's reply unions (bytes | str | None …) do not match the
+        # decode_responses=False replies we get, and every reply is decoded here anyway.
+        client: Any = redis.Redis.from_url(
+            self.url,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            health_check_interval=0,
+            protocol=2,
+            # No CLIENT SETINFO: it costs two round trips per connection, and finding
+            # redis-py's version scans site-packages, which a thread starved of the GIL
+            # by a busy web process can take seconds to get through.
+            **_NO_CLIENT_INFO,
+        )
+        # Stream reads come back as hiredis built them; _records decodes them in one
+        # pass instead of redis-py building a dict per message first.
+        client.set_response_callback("XREADGROUP", _raw_reply)
+        client.set_response_callback("XAUTOCLAIM", _raw_reply)
+        return client
+
     @property
     def client(self) -> Any:
-        # redis-py's pool re-creates its connections in a forked child by itself.
-        if self._client is None:
-            self._client = redis.Redis.from_url(
-                self.url,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                retry=Retry(NoBackoff(), 0),
-                retry_on_timeout=False,
-                health_check_interval=0,
-                protocol=2,
-                # No CLIENT SETINFO: it costs two round trips per connection, and finding
-                # redis-py's version scans site-packages, which a thread starved of the GIL
-                # by a busy web process can take seconds to get through.
-                **_NO_CLIENT_INFO,
-            )
-            # Stream reads come back as hiredis built them; _records decodes them in one
-            # pass instead of redis-py building a dict per message first.
-            self._client.set_response_callback("XREADGROUP", _raw_reply)
-            self._client.set_response_callback("XAUTOCLAIM", _raw_reply)
+        client = self._client.get()
         if not self._server_checked:
-            self._check_at_first_connect()
-        return self._client
+            self._check_at_first_connect(client)
+        return client
 
-    def _check_at_first_connect(self) -> None:
+    def _check_at_first_connect(self, client: Any) -> None:
         """Refuse a server too old for the queue; warn once of one that can evict it.
 
         Raises ConfigurationError every time until the server is replaced: the producer
         keeps the events in its bounded spill meanwhile, and counts and logs the failure.
         """
         try:
-            warnings = self._server_warnings(self._client)
+            warnings = self._server_warnings(client)
         except ConfigurationError as exc:
             metrics.count("misconfigured")
             metrics.warn_once_per_interval("misconfigured", "%s", exc)
@@ -273,41 +437,120 @@ class RedisQueue(Queue):
     # -- producers ---------------------------------------------------------------------
     def push(self, entries: Sequence[Entry], *, only: str | None = None) -> None:
         if entries:
-            self._pipeline(self._xadds(entries, only))
+            self._push_new(entries, only, ())
 
     def push_and_acquire(self, entries: Sequence[Entry], lease: str, ttl: float) -> bool:
         """``push`` then ``acquire`` in the same round trip; True when the lease was taken."""
-        commands = self._xadds(entries, None)
-        commands.append(self._set_nx(lease, ttl))
-        return self._pipeline(commands) is not None
+        return self._push_new(entries, None, (self._set_nx(lease, ttl),)) is not None
 
-    def _xadds(self, entries: Sequence[Entry], only: str | None) -> list[tuple[bytes | str, ...]]:
-        stream = self.stream.encode()
-        tail: tuple[bytes, ...] = (b"o", only.encode()) if only is not None else ()
-        return [
-            (b"XADD", stream, b"*", b"e", entry.body, *tail)
-            if entry.integrations is None
-            else (b"XADD", stream, b"*", b"e", entry.body, b"i", entry.integrations, *tail)
-            for entry in entries
-        ]
+    def push_again(self, pushes: Sequence[Push]) -> None:
+        scripts: list[tuple[bytes, ...]] = []
+        for push in pushes:
+            mark = self._key("origin", push.origin).encode()
+            scripts += self._scripts(mark, push.first, push.entries, push.only, _DONE_MARK_TTL)
+        try:
+            self._run_scripts(scripts, ())
+        except (_NotSent, _Unsure) as exc:
+            raise PushFailed(pushes, exc.__cause__ or exc) from exc.__cause__
+
+    def _push_new(
+        self,
+        entries: Sequence[Entry],
+        only: str | None,
+        tail: Sequence[tuple[bytes, ...]],
+    ) -> Any:
+        """Push under an origin lent for this push alone; the reply of the last ``tail`` command.
+
+        After a failure the origin is not given back: its last push may or may not be
+        stored, and only ``push_again`` of that same push may use it from then on.
+        """
+        origins = self._origins.get()
+        origin = origins.take()
+        first = origin.next
+        origin.next += len(entries)
+        if origin.mark is None:
+            origin.mark = self._key("origin", origin.name).encode()
+        try:
+            reply = self._run_scripts(
+                self._scripts(origin.mark, first, entries, only, _MARK_TTL), tail
+            )
+        except _NotSent as exc:
+            origin.next = first  # nothing was sent: the ordinals are free again
+            origins.give_back(origin)
+            raise (exc.__cause__ or exc) from None
+        except _Unsure as exc:
+            push = Push(tuple(entries), only, origin.name, first)
+            raise PushFailed([push], exc.__cause__ or exc) from exc.__cause__
+        origins.give_back(origin)
+        return reply
+
+    def _scripts(
+        self,
+        mark: bytes,
+        first: int,
+        entries: Sequence[Entry],
+        only: str | None,
+        mark_ttl: bytes,
+    ) -> list[tuple[bytes, ...]]:
+        """The push script calls storing ``entries`` (ordinals from ``first``) once."""
+        target = only.encode() if only is not None else b""
+        scripts = []
+        for start in range(0, len(entries), SCRIPT_ENTRIES):
+            args: list[bytes] = [str(first + start).encode(), mark_ttl, target]
+            for entry in entries[start : start + SCRIPT_ENTRIES]:
+                args += (entry.body, entry.integrations or b"")
+            scripts.append((b"EVALSHA", _PUSH_SHA, b"2", self._stream_key, mark, *args))
+        return scripts
+
+    def _run_scripts(
+        self, scripts: list[tuple[bytes, ...]], tail: Sequence[tuple[bytes, ...]]
+    ) -> Any:
+        """Run the push scripts, then ``tail``, in one round trip; the last reply of ``tail``.
+
+        ``_Unsure`` for any failure once the commands may have been sent; ``_NotSent``
+        when they were not.
+        """
+        try:
+            replies = self._pipeline([*scripts, *tail])
+            pushed = replies[: len(scripts)]
+            if any(isinstance(r, NoScriptError) for r in pushed):
+                # Redis restarted or its scripts were flushed. Load it and run them again:
+                # one that did run meanwhile is not stored twice.
+                self.client.script_load(_PUSH_SCRIPT)
+                pushed = self._pipeline(scripts)
+        except _NotSent:
+            raise
+        except Exception as exc:
+            raise _Unsure() from exc
+        for reply in pushed:
+            if isinstance(reply, redis.ResponseError):
+                raise _Unsure() from reply
+        if not tail:
+            return None
+        last = replies[-1]
+        if isinstance(last, redis.ResponseError):
+            raise last
+        return last
 
     def _set_nx(self, lease: str, ttl: float) -> tuple[bytes, ...]:
         key = self._key("lease", lease).encode()
         return (b"SET", key, b"1", b"NX", b"PX", str(max(int(ttl * 1000), 1)).encode())
 
-    def _pipeline(self, commands: Sequence[tuple[bytes | str, ...]]) -> Any:
-        """Send the commands in one write and read every reply: the last one, or the first error.
+    def _pipeline(self, commands: Sequence[tuple[bytes | str, ...]]) -> list[Any]:
+        """Send the commands in one write and read every reply (an error reply as its exception).
 
         A pipeline without redis-py's per-command bookkeeping, which cost three times as
-        much as Redis itself for each ``XADD``.
+        much as Redis itself for each command. ``_NotSent`` when no connection could be had.
         """
-        pool = self.client.connection_pool
-        try:
-            conn = pool.get_connection()
-        except TypeError:  # redis-py before 5.3 wants a command name
-            conn = pool.get_connection("XADD")
-        error: redis.ResponseError | None = None
-        reply = None
+        try:  # the first use checks the server: nothing is sent before that either
+            pool = self.client.connection_pool
+            try:
+                conn = pool.get_connection()
+            except TypeError:  # redis-py before 5.3 wants a command name
+                conn = pool.get_connection("XADD")
+        except Exception as exc:
+            raise _NotSent(str(exc)) from exc
+        replies: list[Any] = []
         try:
             if _pack_command is not None:
                 conn.send_packed_command([b"".join([_pack_command(c) for c in commands])])
@@ -315,17 +558,26 @@ class RedisQueue(Queue):
                 conn.send_packed_command(conn.pack_commands(commands))
             for _ in commands:
                 try:
-                    reply = conn.read_response()
+                    replies.append(conn.read_response())
                 except redis.ResponseError as exc:  # the reply was read: the rest still come
-                    error = error or exc
+                    replies.append(exc)
         except BaseException:
             conn.disconnect()  # replies may be left unread on it
             raise
         finally:
             pool.release(conn)
-        if error is not None:
-            raise error
-        return reply
+        return replies
+
+    def _run(self, commands: Sequence[tuple[bytes | str, ...]]) -> Any:
+        """``_pipeline``, raising the first error reply; else the last reply."""
+        try:
+            replies = self._pipeline(commands)
+        except _NotSent as exc:
+            raise (exc.__cause__ or exc) from None
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+        return replies[-1] if replies else None
 
     # -- consumers ---------------------------------------------------------------------
     def ensure_destinations(self, names: Sequence[str]) -> None:
@@ -356,7 +608,7 @@ class RedisQueue(Queue):
                 if only is not None:
                     only = only.decode()
             records.append(
-                _new_record(rid, body, integrations, only, int(rid[: rid.index("-")]) / 1000.0)
+                _new_record(rid, body, integrations, only, int(rid[: rid.index("-")]) / 1000.0, 0)
             )
         return records, gone
 
@@ -390,7 +642,34 @@ class RedisQueue(Queue):
         return self._read(destination, consumer, count, ">")
 
     def read_retry(self, destination: str, count: int) -> list[Record]:
-        return self._read(destination, RETRY_CONSUMER, count, "0")
+        rows = self._grouped(
+            destination,
+            lambda: self.client.eval(
+                _READ_RETRY_SCRIPT, 1, self.stream, destination, RETRY_CONSUMER, count
+            ),
+        )
+        records: list[Record] = []
+        gone: list[str] = []
+        for raw_id, tried, fields in rows or ():
+            rid = _text(raw_id)
+            if not fields:  # trimmed meanwhile
+                gone.append(rid)
+                continue
+            named = dict(zip(fields[::2], fields[1::2], strict=False))
+            only = named.get(b"o")
+            records.append(
+                _new_record(
+                    rid,
+                    named[b"e"],
+                    named.get(b"i"),
+                    only.decode() if only is not None else None,
+                    _id_time(rid),
+                    int(tried),
+                )
+            )
+        if gone:
+            self.client.xack(self.stream, destination, *gone)
+        return records
 
     def claim_idle(
         self, destination: str, consumer: str, min_idle: float, count: int
@@ -448,12 +727,32 @@ class RedisQueue(Queue):
         ]
         return max(idle) if idle else None
 
-    def hold_for_retry(self, destination: str, ids: Sequence[str]) -> None:
+    def touch(self, destination: str, consumer: str, ids: Sequence[str]) -> list[str]:
+        held: list[str] = []
+        for start in range(0, len(ids), TOUCH_IDS):
+            chunk = ids[start : start + TOUCH_IDS]
+            reply = self._grouped(
+                destination,
+                lambda chunk=chunk: self.client.eval(
+                    _TOUCH_SCRIPT, 1, self.stream, destination, consumer, *chunk
+                ),
+            )
+            held.extend(_text(i) for i in reply or ())
+        return held
+
+    def hold_for_retry(self, destination: str, ids: Sequence[str], *, attempts: int = 0) -> None:
+        # The delivery count carries the attempts: JUSTID leaves it as RETRYCOUNT sets it.
         if ids:
             self._grouped(
                 destination,
                 lambda: self.client.xclaim(
-                    self.stream, destination, RETRY_CONSUMER, 0, list(ids), justid=True
+                    self.stream,
+                    destination,
+                    RETRY_CONSUMER,
+                    0,
+                    list(ids),
+                    retrycount=attempts,
+                    justid=True,
                 ),
             )
 
@@ -465,7 +764,7 @@ class RedisQueue(Queue):
             commands.append(
                 ("HINCRBY", self._key("stats", destination), "delivered", str(delivered))
             )
-        self._pipeline(commands)
+        self._run(commands)
 
     def _cap_dead_letters(self, pipe: Any, destination: str, now: float) -> None:
         oldest_kept = f"{int((now - self.dead_letters.max_age) * 1000)}-0"
@@ -575,10 +874,21 @@ class RedisQueue(Queue):
         self.client.delete(self._key("backoff", destination))
 
     def acquire(self, name: str, ttl: float) -> bool:
-        return self._pipeline([self._set_nx(name, ttl)]) is not None
+        return self._run([self._set_nx(name, ttl)]) is not None
 
     def release(self, name: str) -> None:
         self.client.delete(self._key("lease", name))
+
+    def take_lease(self, name: str, ttl: float) -> Lease | None:
+        lock = Lock(
+            self.client,
+            self._key("lease", name),
+            timeout=ttl,
+            blocking=False,
+            thread_local=False,
+            raise_on_release_error=True,
+        )
+        return _RedisLease(lock, name, ttl) if lock.acquire(blocking=False) else None
 
     def known_destinations(self) -> list[str]:
         try:
@@ -693,6 +1003,6 @@ class RedisQueue(Queue):
         return result
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        client = self._client.reset()
+        if client is not None:
+            client.close()

@@ -8,19 +8,18 @@ share it safely. ``memory://`` is the same schema in one process's memory.
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import threading
 import time
-import weakref
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .. import metrics
+from .. import forks, metrics
 from ..errors import ConfigurationError
 from ..events import Entry
 from .base import (
@@ -29,6 +28,7 @@ from .base import (
     Backoff,
     DeadLetterLimits,
     DestinationStatus,
+    Lease,
     Queue,
     QueueStatus,
     Record,
@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS {p}log (
 CREATE TABLE IF NOT EXISTS {p}cursor (destination TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS {p}pending (
     destination TEXT NOT NULL, id INTEGER NOT NULL, consumer TEXT NOT NULL,
-    delivered_at REAL NOT NULL, PRIMARY KEY (destination, id));
+    delivered_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (destination, id));
 CREATE TABLE IF NOT EXISTS {p}dead (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, destination TEXT NOT NULL, body BLOB NOT NULL,
     integrations BLOB, error TEXT, at REAL NOT NULL);
@@ -49,7 +50,7 @@ CREATE TABLE IF NOT EXISTS {p}state (
     destination TEXT PRIMARY KEY, until REAL NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0, delivered INTEGER NOT NULL DEFAULT 0,
     last_error TEXT, last_error_at REAL);
-CREATE TABLE IF NOT EXISTS {p}lease (name TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS {p}lease (name TEXT PRIMARY KEY, expires REAL NOT NULL, owner TEXT);
 CREATE TABLE IF NOT EXISTS {p}counts (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS {p}dead_dropped (
     destination TEXT PRIMARY KEY, dropped INTEGER NOT NULL);
@@ -58,48 +59,43 @@ CREATE INDEX IF NOT EXISTS {p}dead_by_age ON {p}dead (at);
 """
 
 
-# SQLite keeps per-process state about the files it has open (locks, the WAL index): a
-# fork taken while another thread is inside a transaction leaves the child believing a
-# lock is held that nobody will release ("database is locked" for good). So a fork waits
-# until no thread is inside SQLite, and the child never touches the parent's connections.
-_open_queues: weakref.WeakSet[SQLiteQueue] = weakref.WeakSet()
-_held_at_fork: list[SQLiteQueue] = []
-_inherited: list[sqlite3.Connection] = []  # the parent's, kept open and unused in a child
+# Columns added since the first release, for files made before: (table, column, type).
+_ADDED_COLUMNS = (
+    ("pending", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("lease", "owner", "TEXT"),
+)
 
 
-def _before_fork() -> None:
-    _held_at_fork[:] = list(_open_queues)
-    for queue in _held_at_fork:
-        queue._lock.acquire()
+def _add_missing_columns(conn: sqlite3.Connection, t: str) -> None:
+    for table, column, decl in _ADDED_COLUMNS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({t}{table})")}
+        if column not in have:
+            try:
+                conn.execute(f"ALTER TABLE {t}{table} ADD COLUMN {column} {decl}")
+            except sqlite3.OperationalError as exc:  # another process added it just now
+                if "duplicate column" not in str(exc):
+                    raise
 
 
-def _after_fork_in_parent() -> None:
-    for queue in reversed(_held_at_fork):
-        queue._lock.release()
-    _held_at_fork.clear()
+class _SQLiteLease(Lease):
+    def __init__(self, queue: SQLiteQueue, name: str, ttl: float, owner: str) -> None:
+        super().__init__(name, ttl)
+        self._queue = queue
+        self._owner = owner
 
+    def renew(self) -> bool:
+        now = time.time()
+        with self._queue._tx() as conn:
+            cur = conn.execute(
+                f"UPDATE {self._queue.t}lease SET expires = ? "
+                "WHERE name = ? AND owner = ? AND expires > ?",
+                (now + self.ttl, self.name, self._owner, now),
+            )
+            return cur.rowcount == 1
 
-def _after_fork_in_child() -> None:
-    for queue in _held_at_fork:
-        queue._lock = threading.RLock()
-        if queue._conn is not None:
-            _inherited.append(queue._conn)  # closing it here would unlock the parent's files
-            queue._conn = None
-    _held_at_fork.clear()
-
-
-_fork_hooks_installed = False
-
-
-def _install_fork_hooks() -> None:
-    """Register the fork hooks once, when the first SQLite queue opens (not at import)."""
-    global _fork_hooks_installed
-    if not _fork_hooks_installed:
-        _fork_hooks_installed = True
-        os.register_at_fork(
-            before=_before_fork,
-            after_in_parent=_after_fork_in_parent,
-            after_in_child=_after_fork_in_child,
+    def release(self) -> None:
+        self._queue._q(
+            "DELETE FROM {p}lease WHERE name = ? AND owner = ?", (self.name, self._owner)
         )
 
 
@@ -123,20 +119,34 @@ class SQLiteQueue(Queue):
         self.t = re.sub(r"\W", "_", prefix) + "_"
         self.dead_letters = dead_letters
         self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
-        self._pid = 0
-        _install_fork_hooks()
-        _open_queues.add(self)
+        # A connection must not cross a fork: the child opens its own, and never closes
+        # the parent's (that would drop the parent's locks on the file).
+        self._conn: forks.ProcessLocal[sqlite3.Connection] = forks.ProcessLocal(self._open)
+        # SQLite keeps per-process state about the files it has open (locks, the WAL
+        # index): a fork taken while another thread is inside a transaction leaves the
+        # child believing a lock is held that nobody will release ("database is locked"
+        # for good). So a fork waits until no thread is inside SQLite.
+        forks.at_fork(
+            before=self._before_fork,
+            after_in_parent=self._after_fork_in_parent,
+            after_in_child=self._after_fork_in_child,
+        )
 
     def __repr__(self) -> str:
         return f"SQLiteQueue(path={self.path!r})"
 
+    def _before_fork(self) -> None:
+        self._lock.acquire()
+
+    def _after_fork_in_parent(self) -> None:
+        self._lock.release()
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.RLock()
+
     @property
     def conn(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():
-            # A connection must not cross a fork; the child opens its own.
-            self._conn, self._pid = self._open(), os.getpid()
-        return self._conn
+        return self._conn.get()
 
     def _open(self) -> sqlite3.Connection:
         """Connect and create the tables; a file that cannot be opened is a settings error."""
@@ -151,6 +161,7 @@ class SQLiteQueue(Queue):
                     conn.execute("PRAGMA journal_mode=WAL")
                     conn.execute("PRAGMA synchronous=NORMAL")
                 conn.executescript(_SCHEMA.format(p=self.t))
+                _add_missing_columns(conn, self.t)
             except BaseException:
                 conn.close()
                 raise
@@ -216,6 +227,7 @@ class SQLiteQueue(Queue):
             integrations=row[2],
             only=row[3],
             enqueued_at=row[4],
+            attempts=row[5] if len(row) > 5 else 0,
         )
 
     def read_new(self, destination: str, consumer: str, count: int) -> list[Record]:
@@ -237,7 +249,8 @@ class SQLiteQueue(Queue):
                     (rows[-1][0], destination),
                 )
                 conn.executemany(
-                    f"INSERT OR REPLACE INTO {t}pending VALUES (?, ?, ?, ?)",
+                    f"INSERT OR REPLACE INTO {t}pending (destination, id, consumer, delivered_at) "
+                    "VALUES (?, ?, ?, ?)",
                     [(destination, r[0], consumer, now) for r in rows],
                 )
         return [self._record(r) for r in rows]
@@ -248,7 +261,7 @@ class SQLiteQueue(Queue):
         t = self.t
         with self._tx() as conn:
             rows = conn.execute(
-                f"SELECT l.id, l.body, l.integrations, l.only, l.at FROM {t}pending p "
+                f"SELECT l.id, l.body, l.integrations, l.only, l.at, p.attempts FROM {t}pending p "
                 f"JOIN {t}log l ON l.id = p.id WHERE p.destination = ? AND {where} "
                 "ORDER BY p.id LIMIT ?",
                 (destination, *args, count),
@@ -286,11 +299,26 @@ class SQLiteQueue(Queue):
         )[0]
         return None if oldest is None else max(time.time() - oldest, 0.0)
 
-    def hold_for_retry(self, destination: str, ids: Sequence[str]) -> None:
+    def touch(self, destination: str, consumer: str, ids: Sequence[str]) -> list[str]:
+        held: list[str] = []
+        now = time.time()
+        with self._tx() as conn:
+            for i in ids:
+                cur = conn.execute(
+                    f"UPDATE {self.t}pending SET delivered_at = ? "
+                    "WHERE destination = ? AND id = ? AND consumer = ?",
+                    (now, destination, int(i), consumer),
+                )
+                if cur.rowcount:
+                    held.append(i)
+        return held
+
+    def hold_for_retry(self, destination: str, ids: Sequence[str], *, attempts: int = 0) -> None:
         with self._tx() as conn:
             conn.executemany(
-                f"UPDATE {self.t}pending SET consumer = ? WHERE destination = ? AND id = ?",
-                [(RETRY_CONSUMER, destination, int(i)) for i in ids],
+                f"UPDATE {self.t}pending SET consumer = ?, attempts = ? "
+                "WHERE destination = ? AND id = ?",
+                [(RETRY_CONSUMER, attempts, destination, int(i)) for i in ids],
             )
 
     def _bump(self, conn: sqlite3.Connection, destination: str, **values: Any) -> None:
@@ -415,16 +443,26 @@ class SQLiteQueue(Queue):
             self._bump(conn, destination, until=0.0, attempts=0)
 
     def acquire(self, name: str, ttl: float) -> bool:
+        return self._insert_lease(name, ttl, None)
+
+    def _insert_lease(self, name: str, ttl: float, owner: str | None) -> bool:
         now = time.time()
         with self._tx() as conn:
             conn.execute(f"DELETE FROM {self.t}lease WHERE name = ? AND expires <= ?", (name, now))
             cur = conn.execute(
-                f"INSERT OR IGNORE INTO {self.t}lease VALUES (?, ?)", (name, now + ttl)
+                f"INSERT OR IGNORE INTO {self.t}lease (name, expires, owner) VALUES (?, ?, ?)",
+                (name, now + ttl, owner),
             )
             return cur.rowcount == 1
 
     def release(self, name: str) -> None:
         self._q("DELETE FROM {p}lease WHERE name = ?", (name,))
+
+    def take_lease(self, name: str, ttl: float) -> Lease | None:
+        owner = uuid.uuid4().hex
+        return (
+            _SQLiteLease(self, name, ttl, owner) if self._insert_lease(name, ttl, owner) else None
+        )
 
     def add_counts(self, counts: dict[str, int]) -> None:
         with self._tx() as conn:
@@ -492,6 +530,6 @@ class SQLiteQueue(Queue):
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn = None
+            conn = self._conn.reset()
+            if conn is not None:
+                conn.close()

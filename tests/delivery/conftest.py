@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ BROKER = os.environ.get("SEGMENT_MW_TEST_BROKER", "redis://127.0.0.1:6379/10")
 # Small timings so failures, claims and retries happen within a test's patience.
 FAST = {
     "FLUSH_DELAY": 0.05,
-    "CLAIM_IDLE": 1.5,
+    "CLAIM_IDLE": 3.0,  # destinations' timeouts default to 2 s then (CLAIM_IDLE / 1.5)
     "FLUSH_TIME_LIMIT": 10.0,
 }
 
@@ -210,7 +210,12 @@ class WorkerProcess:
 def worker_process(celery_queue: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def _start(settings: dict[str, Any], pool: str = "solo", concurrency: int = 1) -> WorkerProcess:
+    def _start(
+        settings: dict[str, Any],
+        pool: str = "solo",
+        concurrency: int = 1,
+        extra: Sequence[str] = (),
+    ) -> WorkerProcess:
         n = len(started)
         env = child_env(
             SEGMENT_MW_TEST_SETTINGS=json.dumps(settings),
@@ -234,6 +239,7 @@ def worker_process(celery_queue: str, tmp_path: Path) -> Iterator[Callable[..., 
                     "--without-heartbeat",
                     "--loglevel=INFO",
                     f"--hostname=w{n}-{celery_queue}@%h",
+                    *extra,
                 ],
                 cwd=ROOT,
                 env=env,

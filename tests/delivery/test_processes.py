@@ -50,7 +50,7 @@ def test_many_producer_processes_all_delivered_exactly(
 def test_worker_killed_mid_batch_next_worker_delivers(fast_settings, setup, sink, worker_process):
     settings = {
         **fast_settings,
-        "DESTINATIONS": {"hook": {"type": "http", "url": f"{sink.url}/h", "timeout": 30}},
+        "DESTINATIONS": {"hook": {"type": "http", "url": f"{sink.url}/h", "timeout": 2}},
     }
     client = setup(**settings)
     # The first request hangs: the worker is killed while it holds the batch.

@@ -194,7 +194,7 @@ def test_retry_budget_exhausted_dead_letters_then_replay_delivers_once(
 @pytest.mark.parametrize("backend", ["redis", "sqlite"])
 def test_parked_retries_are_not_claimed_as_orphans(backend, fast_settings, sink, tmp_path):
     """While one worker retries a parked batch, another's flush must not send it as well."""
-    settings = {**fast_settings, "CLAIM_IDLE": 0.2, "IN_PROCESS_FLUSHER": False}
+    settings = {**fast_settings, "CLAIM_IDLE": 1.5, "IN_PROCESS_FLUSHER": False}
     if backend == "sqlite":
         settings["QUEUE_URL"] = f"sqlite:///{tmp_path / 'q.sqlite3'}"
     client = segment_mw.configure({**settings, "DESTINATIONS": hook(sink)})
@@ -202,10 +202,12 @@ def test_parked_retries_are_not_claimed_as_orphans(backend, fast_settings, sink,
     ids = [segment_mw.track("Parked", {"n": n}, user_id="u") for n in range(3)]
     client.producer.drain()
     report = client.deliverer.flush_destination("hook")
+    parked_at = time.time()
     assert report.retry_at is not None
     assert client.status().destinations["hook"].retrying == 3
     # Past the back-off and idle past CLAIM_IDLE; another worker holds the retry lease.
-    wait_until(lambda: time.time() > report.retry_at + 0.3, 5.0, "the back-off to pass")
+    idle_at = max(report.retry_at, parked_at + 1.5) + 0.3
+    wait_until(lambda: time.time() > idle_at, 10.0, "the back-off and CLAIM_IDLE to pass")
     assert client.queue.acquire("retry:hook", 30)
     report = client.deliverer.flush_destination("hook")
     assert report.delivered == 0

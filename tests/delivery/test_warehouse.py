@@ -85,7 +85,13 @@ def test_routed_through_celery_into_the_warehouse_and_queried(
 def test_a_worker_killed_mid_transaction_leaves_nothing_and_the_next_lands_it_once(
     fast_settings, setup, worker_process, warehouse: Warehouse
 ) -> None:
-    settings = {**fast_settings, "DESTINATIONS": {"warehouse": warehouse.destination(timeout=60)}}
+    # Long enough a statement timeout for the worker to be killed while it waits on the
+    # lock; CLAIM_IDLE must be 1.5 times that, and the next worker claims after it.
+    settings = {
+        **fast_settings,
+        "CLAIM_IDLE": 7.5,
+        "DESTINATIONS": {"warehouse": warehouse.destination(timeout=5)},
+    }
     client = setup(**settings)
     # The tables exist already (an earlier batch), so the worker goes straight to writing.
     segment_mw.track("Order Completed", {"revenue": Decimal("1")}, user_id="u-0")
