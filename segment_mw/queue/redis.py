@@ -886,7 +886,6 @@ class RedisQueue(Queue):
             timeout=ttl,
             blocking=False,
             thread_local=False,
-            raise_on_release_error=True,
         )
         return _RedisLease(lock, name, ttl) if lock.acquire(blocking=False) else None
 
