@@ -77,7 +77,7 @@ def greedy(sizes: list[int], max_events: int, max_bytes: int, overhead: int) -> 
             out.append(count)
             count, size = 0, overhead
         count, size = count + 1, size + n + 1
-    return out + [count] if count else out
+    return [*out, count] if count else out
 
 
 @pytest.mark.parametrize("seed", range(20))
