@@ -38,31 +38,39 @@ def emit(
     """
     current = scope_mod.current()
     who = identity.resolve(current, user_id=user_id, anonymous_id=anonymous_id)
-    if request_page and who.about_request:
-        page = who.context.get("page")
-        if isinstance(page, Mapping):
-            fields = {**fields, "properties": {**page, **fields.get("properties", {})}}
+    client = usable_client()
     entry = build_message(
         type_,
         fields,
         who,
+        client=client,
         context=context,
         integrations=integrations,
         timestamp=timestamp,
         message_id=message_id,
+        with_page=request_page and who.about_request,
     )
     if who.opted_out:
         metrics.count("opted_out")
         return entry.message_id  # the user opted out of tracking: build, but never queue
-    queue_message(entry, current, durable=durable)
+    if client is not None:
+        queue_message(entry, current, durable=durable, client=client)
     return entry.message_id
 
 
 def build_message(
-    type_: str, fields: Mapping[str, Any], who: identity.Identity, **options: Any
+    type_: str,
+    fields: Mapping[str, Any],
+    who: identity.Identity,
+    *,
+    client: Client | None = None,
+    **options: Any,
 ) -> events.Entry:
-    """A serialised message for ``who``, with the configured default integrations merged in."""
-    client = usable_client()
+    """A serialised message for ``who``, with the configured default integrations merged in.
+
+    ``client``: the one the caller already has (else the configured one, if usable).
+    """
+    client = client or usable_client()
     default = client.settings.integrations if client is not None else None
     anonymous_id = who.anonymous_id
     if who.opted_out and not who.identified:
@@ -74,7 +82,7 @@ def build_message(
         fields,
         user_id=who.user_id,
         anonymous_id=anonymous_id,
-        base_context=who.context,
+        request=who.request,
         default_integrations=default,
         **options,
     )
@@ -96,9 +104,15 @@ def usable_client() -> Client | None:
         return None
 
 
-def queue_message(entry: events.Entry, current: scope_mod.Scope | None, *, durable: bool) -> None:
+def queue_message(
+    entry: events.Entry,
+    current: scope_mod.Scope | None,
+    *,
+    durable: bool,
+    client: Client | None = None,
+) -> None:
     """Hand a built message to the queue, counting it against the scope it was made in."""
-    client = usable_client()
+    client = client or usable_client()
     if client is None:
         return
     client.emit(entry, durable=durable)

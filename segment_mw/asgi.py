@@ -380,7 +380,7 @@ class _Exchange:
             return
         try:
             limit = int(pv["TITLE_MAX_BYTES"])
-            self.rc.page["title"] = extract_title(bytes(body[:limit]), self.content_type, limit)
+            self.rc.scope.set_title(extract_title(bytes(body[:limit]), self.content_type, limit))
         except Exception:
             _failed("title")
 

@@ -1,16 +1,16 @@
-"""Turning a request into Segment context: the framework-free core both middlewares share.
+"""Turning a request into what its events need: the framework-free core both middlewares share.
 
 An adapter describes its request as a neutral :class:`RequestInfo`; :func:`capture`
-returns the :class:`RequestContext` — ip (through trusted proxies only, optionally
-anonymised), user agent and client hints, page fields with secrets scrubbed from query
-strings, UTM campaign, locale, and the anonymous id joined with analytics.js's cookie.
-``Authorization`` and ``Cookie`` headers are never copied into an event.
+returns the :class:`RequestContext`: the request's facts — ip (through trusted proxies
+only, optionally anonymised), page fields with secrets scrubbed from query strings, the
+user agent, client hints and languages — from which its Segment context is made
+(:mod:`segment_mw.request_context`), and the anonymous id joined with analytics.js's
+cookie. ``Authorization`` and ``Cookie`` headers are never copied into an event.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,12 +20,16 @@ from .bots import is_bot
 from .cache import memoize
 from .config import Settings
 from .identity import ANONYMOUS_ID_COOKIE, cookie_user_id, new_anonymous_id, parse_id_cookie
+from .request_context import HINT_HEADERS, Facts, bounded_list_header
 from .scope import Scope, UserSource
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(slots=True, repr=False)
 class RequestInfo:
     """What an adapter knows about a request, in neutral form (header names lower-case).
+
+    Read-only by convention (not frozen: a frozen dataclass costs a microsecond a request
+    to make, for nothing the core needs).
 
     Adapters leave ``Authorization`` and ``Cookie`` out of ``headers``; the cookies are in
     ``cookies``, for the anonymous id and the ``CONSENT`` callable.
@@ -51,22 +55,26 @@ class RequestInfo:
 
 @dataclass(repr=False)
 class RequestContext:
-    """The Segment view of one request, bound for its duration as the current scope."""
+    """What the request path knows of one request; its scope is bound for its duration."""
 
     scope: Scope
+    facts: Facts  # the scope's own: what set_title changes shows here
     anonymous_id: str | None
     new_anonymous_id: bool  # minted here: the response should set the cookie
     opted_out: bool
-    page: dict[str, Any]
     user_agent: str | None = None
     # The ajs_user_id cookie, only where USER_ID_FROM_COOKIE opts in (pageviews only).
     cookie_user_id: str | None = None
 
     def __repr__(self) -> str:
         return (
-            f"RequestContext(path={self.page.get('path')!r}, new_anonymous_id="
+            f"RequestContext(path={self.facts.get('path')!r}, new_anonymous_id="
             f"{self.new_anonymous_id}, opted_out={self.opted_out}, scope={self.scope!r})"
         )
+
+    @property
+    def title(self) -> str:
+        return str(self.facts.get("title") or "")
 
     @property
     def is_bot(self) -> bool:
@@ -152,93 +160,7 @@ def anonymize_ip(address: str) -> str:
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
 
 
-# -- headers -------------------------------------------------------------------------
-_LANG = re.compile(r"^[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*$")
-
-
-@memoize(max_bytes=256 * 1024, max_entry_bytes=1024)
-def locale_from(accept_language: str | None) -> str | None:
-    """The preferred language tag of ``Accept-Language``, as ``en-US``."""
-    if not accept_language:
-        return None
-    best: tuple[float, str] | None = None
-    for item in accept_language.split(",")[:20]:
-        tag, _, params = item.strip().partition(";")
-        tag = tag.strip()
-        if not tag or tag == "*" or not _LANG.match(tag):
-            continue
-        q = 1.0
-        params = params.strip()
-        if params.startswith("q="):
-            try:
-                q = float(params[2:])
-            except ValueError:
-                continue
-        if best is None or q > best[0]:
-            best = (q, tag)
-    if best is None:
-        return None
-    parts = best[1].split("-")
-    return "-".join([parts[0].lower(), *(p.upper() if len(p) == 2 else p for p in parts[1:])])
-
-
-_BRAND = re.compile(r'\s*"((?:[^"\\]|\\.)*)"\s*;\s*v\s*=\s*"((?:[^"\\]|\\.)*)"\s*')
-
-
-def _brands(value: str) -> list[dict[str, str]]:
-    return [dict(b) for b in _parse_brands(value)]
-
-
-@memoize(max_bytes=256 * 1024, max_entry_bytes=4096)
-def _parse_brands(value: str) -> tuple[dict[str, str], ...]:
-    brands = []
-    for item in value.split(",")[:20]:
-        match = _BRAND.fullmatch(item)
-        if match:
-            brands.append({"brand": match.group(1), "version": match.group(2)})
-    return tuple(brands)
-
-
-def _sf_string(value: str) -> str:
-    value = value.strip()
-    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
-
-
-_HIGH_ENTROPY_HINTS = (
-    ("sec-ch-ua-platform-version", "platformVersion"),
-    ("sec-ch-ua-model", "model"),
-    ("sec-ch-ua-arch", "architecture"),
-    ("sec-ch-ua-bitness", "bitness"),
-    ("sec-ch-ua-full-version", "uaFullVersion"),
-)
-
-
-def user_agent_data(headers: Mapping[str, str]) -> dict[str, Any] | None:
-    """``context.userAgentData`` from the ``Sec-CH-UA*`` client hints, when sent."""
-    brands = headers.get("sec-ch-ua")
-    if brands is None:
-        return None
-    data: dict[str, Any] = {"brands": _brands(brands)}
-    mobile = headers.get("sec-ch-ua-mobile")
-    if mobile is not None:
-        data["mobile"] = mobile.strip() == "?1"
-    platform = headers.get("sec-ch-ua-platform")
-    if platform is not None:
-        data["platform"] = _sf_string(platform)
-    for header, key in _HIGH_ENTROPY_HINTS:
-        value = headers.get(header)
-        if value is not None:
-            data[key] = _sf_string(value)
-    full_list = headers.get("sec-ch-ua-full-version-list")
-    if full_list is not None:
-        data["fullVersionList"] = _brands(full_list)
-    wow64 = headers.get("sec-ch-ua-wow64")
-    if wow64 is not None:
-        data["wow64"] = wow64.strip() == "?1"
-    return data
-
-
-# -- page and campaign -----------------------------------------------------------------
+# -- page ----------------------------------------------------------------------------
 def scrub_query(query: str, denylist: frozenset[str]) -> str:
     """The query string without parameters whose names are on the denylist.
 
@@ -259,6 +181,8 @@ def scrub_query(query: str, denylist: frozenset[str]) -> str:
 def scrub_url(url: str | None, denylist: frozenset[str]) -> str | None:
     if not url:
         return url
+    if "?" not in url and "@" not in url and "[" not in url:
+        return url  # nothing to scrub, nothing urlsplit could refuse: most referrers
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -267,28 +191,6 @@ def scrub_url(url: str | None, denylist: frozenset[str]) -> str | None:
         return url
     netloc = parts.netloc.rsplit("@", 1)[-1]  # never pass on user:password@
     return urlunsplit((parts.scheme, netloc, parts.path, scrub_query(parts.query, denylist), ""))
-
-
-def campaign_from(query: str) -> dict[str, str]:
-    """``context.campaign`` from ``utm_*`` parameters (``utm_campaign`` becomes ``name``)."""
-    if "utm_" not in query:
-        return {}
-    campaign: dict[str, str] = {}
-    for part in query.split("&"):
-        if part[:4].lower() != "utm_":
-            continue
-        key, _, value = part.partition("=")
-        name = _form_decode(key[4:]).lower()
-        if name:
-            campaign["name" if name == "campaign" else name] = _form_decode(value)
-    return campaign
-
-
-def _form_decode(value: str) -> str:
-    """``unquote_plus``, skipped when there is nothing to decode (nearly always)."""
-    if "+" in value:
-        value = value.replace("+", " ")
-    return unquote(value) if "%" in value else value
 
 
 # -- the whole request -----------------------------------------------------------------
@@ -307,43 +209,41 @@ def capture(
     user_id: str | None = None,
     user_source: UserSource | None = None,
 ) -> RequestContext:
-    """Build the Segment context of a request (once per request).
+    """Record the facts of a request its context is made from, and who it is (once per request).
 
-    ``user_id`` is the request's user as the app's own ``USER_ID`` callable named it;
-    ``user_source`` asks the framework for its authenticated user whenever an event is
-    built (see :class:`~segment_mw.scope.Scope`).
+    What depends on the settings is decided here — secrets scrubbed from the query and
+    the referrer, the client's ip through trusted proxies and anonymised as configured —
+    so that nothing else of the request is queued; the context itself is made from these
+    facts later (:mod:`segment_mw.request_context`). ``user_id`` is the request's user as
+    the app's own ``USER_ID`` callable named it; ``user_source`` asks the framework for its
+    authenticated user whenever an event is built (see :class:`~segment_mw.scope.Scope`).
     """
     headers = info.headers
     denylist = settings.scrub_params
-    query = scrub_query(info.query_string, denylist)
-    search = f"?{query}" if query else ""
-    page: dict[str, Any] = {
+    facts: Facts = {
+        "scheme": info.scheme,
+        "host": info.host,
         "path": info.path,
+        "query": scrub_query(info.query_string, denylist),
         "referrer": scrub_url(headers.get("referer"), denylist) or "",
-        "search": search,
         "title": "",
-        "url": f"{info.scheme}://{info.host}{info.path}{search}",
     }
-    context: dict[str, Any] = {"page": page}
-    ip = None
     if settings.ip != "none":
         ip = client_ip(info.peer, headers, settings.trusted_proxies)
-        if ip is not None and settings.ip == "anonymize":
-            ip = anonymize_ip(ip)
-    if ip is not None:
-        context["ip"] = ip
+        if ip is not None:
+            facts["ip"] = anonymize_ip(ip) if settings.ip == "anonymize" else ip
     ua = headers.get("user-agent")
     if ua:
-        context["userAgent"] = ua
-    ua_data = user_agent_data(headers)
-    if ua_data is not None:
-        context["userAgentData"] = ua_data
-    locale = locale_from(headers.get("accept-language"))
-    if locale:
-        context["locale"] = locale
-    campaign = campaign_from(info.query_string)
-    if campaign:
-        context["campaign"] = campaign
+        facts["ua"] = ua
+    lang = headers.get("accept-language")
+    if lang:
+        facts["lang"] = bounded_list_header(lang)
+    if "sec-ch-ua" in headers:
+        facts["hints"] = {
+            name: bounded_list_header(value)
+            for name in HINT_HEADERS
+            if (value := headers.get(name)) is not None
+        }
 
     opted_out = is_opted_out(info, settings)
     anonymous_id = parse_id_cookie(info.cookies.get(ANONYMOUS_ID_COOKIE))
@@ -353,16 +253,16 @@ def capture(
     scope = Scope(
         user_id=user_id,
         anonymous_id=anonymous_id,
-        context=context,
+        facts=facts,
         opted_out=opted_out,
         user_source=user_source,
     )
     return RequestContext(
         scope=scope,
+        facts=facts,
         anonymous_id=anonymous_id,
         new_anonymous_id=minted,
         opted_out=opted_out,
-        page=page,
         user_agent=ua,
         cookie_user_id=cookie_user_id(info.cookies, settings),
     )

@@ -173,12 +173,9 @@ class Client:
             _log_disabled_once()
             return
         try:
-            producer = self.producer
-            if (
-                self._parts.get().flusher is None
-                and self.on_kick is None
-                and self.settings.in_process_flusher
-            ):
+            parts = self._parts.get()
+            producer = parts.producer or self.producer
+            if parts.flusher is None and self.on_kick is None and self.settings.in_process_flusher:
                 # Started with the first message, not the first kick: its exit hook must
                 # deliver what this process queued even when the process ends before a
                 # kick got through (a short script, a forked child).

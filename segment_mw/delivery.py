@@ -21,15 +21,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate, groupby, repeat
 
-from . import metrics
+from . import events, metrics
 from .config import Settings
 from .destinations import Destination, make_destination
+from .errors import InvalidEvent
 from .queue import Backoff, Lease, Queue, Record
 from .routing import Router
 
 log = logging.getLogger("segment_mw.delivery")
 
 _BODY = operator.attrgetter("body")
+_IS_DEFERRED = operator.methodcaller("startswith", events.DEFERRED)
 _ATTEMPTS = operator.attrgetter("attempts")
 MIN_BACKOFF = 0.5
 MAX_BACKOFF = 60.0
@@ -246,6 +248,28 @@ class Deliverer:
             )
         return held
 
+    def _completed(
+        self, name: str, records: Sequence[Record], report: FlushReport
+    ) -> Sequence[Record]:
+        """The records with their messages made whole (a request's events carry its facts).
+
+        One that cannot be completed is dead-lettered alone, with the reason.
+        """
+        if not any(map(_IS_DEFERRED, map(_BODY, records))):
+            return records
+        whole: list[Record] = []
+        for record in records:
+            if record.body.startswith(events.DEFERRED):
+                try:
+                    record = record._replace(body=events.complete(record.body))
+                except InvalidEvent as exc:
+                    log.warning("destination %s: a message dead-lettered: %s", name, exc)
+                    self._dead_letter(name, [record], str(exc))
+                    report.dead += 1
+                    continue
+            whole.append(record)
+        return whole
+
     def _dead_letter(self, name: str, records: Sequence[Record], error: str) -> None:
         dropped = self.queue.dead_letter(name, records, error)
         if dropped:
@@ -279,6 +303,7 @@ class Deliverer:
         """
         name, queue, settings = dest.name, self.queue, self.settings
         ack = acks.ack if acks is not None else queue.ack
+        records = self._completed(name, records, report)
         mine: list[Record] = []
         skipped: list[str] = []
         for record in records:

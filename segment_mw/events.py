@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import random
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
+import orjson
+
+from . import forks
 from .errors import InvalidEvent
+from .request_context import context_from
 from .serialize import dumps
 from .version import __version__
 
@@ -36,9 +41,17 @@ class Entry:
     type: str = ""
 
 
+# Ids need to be unique, not unpredictable: a generator seeded from the OS in each process
+# (a child seeds its own, so no two processes share a sequence) instead of a call to
+# os.urandom per id, a system call that hands the GIL to other threads mid-request.
+_random: forks.ProcessLocal[random.Random] = forks.ProcessLocal(
+    lambda: random.Random(os.urandom(32))
+)
+
+
 def new_message_id() -> str:
-    """A random (version 4) UUID, as ``str(uuid.uuid4())`` but without the UUID object."""
-    h = os.urandom(16).hex()
+    """A random (version 4) UUID in its string form, as ``str(uuid.uuid4())`` writes it."""
+    h = f"{_random.get().getrandbits(128):032x}"
     # The version nibble is 4; the variant nibble keeps two random bits under 0b10.
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
@@ -125,6 +138,16 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+class Request(Protocol):
+    """The request an event is about, as :func:`build` reads it (a :class:`~.scope.Scope`)."""
+
+    @property
+    def facts_json(self) -> bytes | None: ...
+
+    @property
+    def context(self) -> Mapping[str, Any]: ...
+
+
 def build(
     type_: str,
     fields: Mapping[str, Any],
@@ -136,12 +159,17 @@ def build(
     timestamp: dt.datetime | dt.date | str | None = None,
     message_id: str | None = None,
     default_integrations: Mapping[str, Any] | None = None,
-    base_context: Mapping[str, Any] | None = None,
+    request: Request | None = None,
+    with_page: bool = False,
 ) -> Entry:
     """Validate and serialise one message; raise :class:`InvalidEvent` naming the field.
 
-    The ids are the event's own, already resolved (see :mod:`segment_mw.identity`);
-    ``base_context`` is the request's context, under the caller's ``context``.
+    The ids are the event's own, already resolved (see :mod:`segment_mw.identity`).
+    ``request`` is the request (or task) whose context goes under the caller's
+    ``context``; ``with_page`` puts its page fields under the properties too (a page
+    call about the request's own visitor, as browsers send them). The event of a request
+    is queued with the request's facts, its context made where it is delivered
+    (:func:`complete`), unless the caller gave a context of its own to merge.
     """
     uid = validated_id(user_id, "userId")
     aid = validated_id(anonymous_id, "anonymousId")
@@ -152,11 +180,6 @@ def build(
         message_id = new_message_id()
     elif not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_MESSAGE_ID:
         raise InvalidEvent(f"messageId: expected a string of 1 to {MAX_MESSAGE_ID} characters")
-
-    ctx: dict[str, Any] = dict(base_context) if base_context else {}
-    if context:
-        ctx = merge(ctx, _mapping(context, "context"))
-    ctx["library"] = LIBRARY
 
     merged_integrations = dict(default_integrations) if default_integrations else {}
     own = _mapping(integrations, "integrations")
@@ -173,18 +196,119 @@ def build(
         message["anonymousId"] = aid
     message["messageId"] = message_id
     message["timestamp"] = format_timestamp(timestamp)
-    message["context"] = ctx
+    message["context"] = None  # its place in the message: filled below
     message["integrations"] = merged_integrations
     message["channel"] = "server"
 
-    body = dumps(message)
-    if len(body) > MAX_EVENT_BYTES:
-        label = fields.get("event") or fields.get("name") or type_
-        raise InvalidEvent(
-            f"{type_} {label!r} is {len(body)} bytes serialised; the limit is {MAX_EVENT_BYTES}"
-        )
+    facts_json = request.facts_json if request is not None and not context else None
+    body = _deferred(message, facts_json, with_page) if facts_json is not None else None
+    if body is None:
+        base = request.context if request is not None else None
+        ctx: dict[str, Any] = dict(base) if base else {}
+        if context:
+            ctx = merge(ctx, _mapping(context, "context"))
+        ctx["library"] = LIBRARY
+        message["context"] = ctx
+        if with_page and isinstance(ctx.get("page"), Mapping):
+            message["properties"] = {**ctx["page"], **message.get("properties", {})}
+        body = dumps(message)
+        if len(body) > MAX_EVENT_BYTES:
+            raise _oversized(message, len(body))
     return Entry(  # positionally: body, integrations, message_id, type
         body, dumps(merged_integrations) if merged_integrations else None, message_id, type_
+    )
+
+
+# -- events queued with their request's facts ----------------------------------------
+# Layout: "~", "p" (page fields go under the properties) or "-", the message serialised
+# with a NUL byte where the context goes (and one opening the properties, for "p"), a
+# NUL, the request's facts. orjson escapes NUL inside strings, so the raw byte marks only
+# those places; "~" starts no JSON message, so complete() tells the two kinds apart.
+DEFERRED = b"~"
+_SLOT = orjson.Fragment(b"\x00")
+_PAGE_KEYS = frozenset({"path", "referrer", "search", "title", "url"})
+
+
+def _added_at_most(facts_json: bytes, with_page: bool) -> int:
+    """What completing a message can add to it, at most: its context (and page fields).
+
+    The context repeats the page's parts (the url holds path and query again), parses
+    the client hints into objects and adds the library; every string in it is one of the
+    facts or shorter, escaped alike. A page's fields are the context's page again.
+    """
+    return (4 if with_page else 3) * len(facts_json) + 2048
+
+
+def _deferred(message: dict[str, Any], facts_json: bytes, with_page: bool) -> bytes | None:
+    """The message to complete where it is delivered; None when it must be made now.
+
+    Made now: page fields the properties would override (the layout only prepends
+    them), or a message whose completed size could pass the limit (then the exact size
+    decides, here, where the caller can be told).
+    """
+    properties = message.get("properties")
+    if with_page and (not isinstance(properties, dict) or _PAGE_KEYS & properties.keys()):
+        return None
+    message["context"] = _SLOT
+    if with_page:
+        message["properties"] = orjson.Fragment(b"{\x00" + dumps(properties)[1:])
+    try:
+        body = dumps(message)
+    finally:
+        if with_page:  # as it was, for a message made now after all (its context too)
+            message["properties"] = properties
+    if len(body) + _added_at_most(facts_json, with_page) > MAX_EVENT_BYTES:
+        return None
+    return b"".join((DEFERRED, b"p" if with_page else b"-", body, b"\x00", facts_json))
+
+
+def complete(body: bytes) -> bytes:
+    """The message ``body`` stands for: made whole when it was queued with request facts.
+
+    Raises :class:`InvalidEvent` for a body it cannot complete (or that would pass the
+    size limit): the delivery dead-letters it alone.
+    """
+    if not body.startswith(DEFERRED):
+        return body
+    *pieces, facts_json = body[2:].split(b"\x00")
+    try:
+        facts = orjson.loads(facts_json)
+    except orjson.JSONDecodeError:
+        raise InvalidEvent("a queued event's request facts are not JSON") from None
+    if not isinstance(facts, dict):
+        raise InvalidEvent("a queued event's request facts are not an object")
+    context = context_from(facts)
+    context["library"] = LIBRARY
+    context_json = dumps(context)
+    if body[1:2] == b"p" and len(pieces) == 3:
+        head, properties, tail = pieces
+        page = dumps(context["page"])[1:-1]
+        out = b"".join(
+            (
+                head,
+                page,
+                b"" if properties.startswith(b"}") else b",",
+                properties,
+                context_json,
+                tail,
+            )
+        )
+    elif body[1:2] == b"-" and len(pieces) == 2:
+        out = pieces[0] + context_json + pieces[1]
+    else:
+        raise InvalidEvent("a queued event's layout is not one this version knows")
+    if len(out) > MAX_EVENT_BYTES:
+        raise InvalidEvent(
+            f"a queued event is {len(out)} bytes completed; the limit is {MAX_EVENT_BYTES}"
+        )
+    return out
+
+
+def _oversized(message: Mapping[str, Any], size: int) -> InvalidEvent:
+    type_ = message["type"]
+    label = message.get("event") or message.get("name") or type_
+    return InvalidEvent(
+        f"{type_} {label!r} is {size} bytes serialised; the limit is {MAX_EVENT_BYTES}"
     )
 
 

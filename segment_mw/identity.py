@@ -42,19 +42,24 @@ class Identity:
 
     user_id: str | None
     anonymous_id: str | None
-    #: the request's context for the event: empty for an event about someone else
-    context: Mapping[str, Any]
+    #: the request (or task) whose context the event takes: None for an event about
+    #: someone else, or made outside any
+    request: Scope | None
     #: the request's opt-out (GPC, consent) applies: build to validate, never queue
     opted_out: bool
-    #: the event is about the request's own visitor (so it may take the request's page)
-    about_request: bool
 
     @property
     def identified(self) -> bool:
         return self.user_id is not None or self.anonymous_id is not None
 
+    @property
+    def about_request(self) -> bool:
+        """The event is about the request's own visitor (so it may take the request's page)."""
+        return self.request is not None
 
-_NOBODY: Mapping[str, Any] = {}
+    @property
+    def context(self) -> Mapping[str, Any]:
+        return self.request.context if self.request is not None else {}
 
 
 def resolve(current: Scope | None, *, user_id: Any = None, anonymous_id: Any = None) -> Identity:
@@ -65,18 +70,17 @@ def resolve(current: Scope | None, *, user_id: Any = None, anonymous_id: Any = N
     named_user = validated_id(user_id, "userId")
     named_anonymous = validated_id(anonymous_id, "anonymousId")
     if current is None:
-        return Identity(named_user, named_anonymous, _NOBODY, False, False)
+        return Identity(named_user, named_anonymous, None, False)
     request_user = current.user_id  # asked of the framework once per event
     if _about_someone_else(current, request_user, named_user, named_anonymous):
         # Neither the request's anonymous id, nor its ip, user agent, page or campaign,
         # nor its visitor's opt-out: they describe the person making the request.
-        return Identity(named_user, named_anonymous, _NOBODY, False, False)
+        return Identity(named_user, named_anonymous, None, False)
     return Identity(
         named_user or request_user,
         named_anonymous or current.anonymous_id,
-        current.context,
+        current,
         current.opted_out,
-        True,
     )
 
 

@@ -180,9 +180,6 @@ def emit_pageview(
     name = options.get("name")
     if name is None and settings.pageviews["NAME"] == "route":
         name = route_name
-    properties = rc.page  # page_fields copies it
-    if options.get("properties"):
-        properties = {**properties, **options["properties"]}
     # The browser-written ajs_user_id (only where USER_ID_FROM_COOKIE opts in) names the
     # visitor of a request nobody authenticated; it never overrides a real user.
     cookie_user = rc.cookie_user_id if rc.cookie_user_id and rc.scope.user_id is None else None
@@ -190,10 +187,11 @@ def emit_pageview(
     try:
         return emit(
             "page",
-            page_fields(name, properties, options.get("category")),
+            page_fields(name, options.get("properties"), options.get("category")),
             user_id=cookie_user,
             integrations=options.get("integrations"),
             durable=False,
+            request_page=True,
         )
     except InvalidEvent as exc:
         metrics.count("invalid")

@@ -130,7 +130,7 @@ class Producer:
                 st.untrimmed = True
                 self._wake(st)
                 return
-        if not self._room(st):
+        if (st.unsure or len(st.buf) >= self.settings.spill_max_events) and not self._room(st):
             return
         st.buf.append(entry)
         if not st.threads_run:

@@ -16,6 +16,8 @@ from contextvars import ContextVar, Token
 from typing import Any
 
 from . import metrics
+from .request_context import Facts, context_from
+from .serialize import dumps
 
 log = logging.getLogger("segment_mw")
 
@@ -45,10 +47,12 @@ class Scope:
     """
 
     __slots__ = (
+        "_context",
+        "_facts_json",
         "_user_id",
         "anonymous_id",
-        "context",
         "emitted",
+        "facts",
         "opted_out",
         "pageview",
         "user_source",
@@ -63,10 +67,15 @@ class Scope:
         pageview: dict[str, Any] | None = None,
         emitted: int = 0,
         user_source: UserSource | None = None,
+        facts: Facts | None = None,
     ) -> None:
         self._user_id = as_user_id(user_id)
         self.anonymous_id = anonymous_id
-        self.context: Mapping[str, Any] = context if context is not None else {}
+        # A request's context is made from its facts when first asked for (most requests
+        # never ask: their events are queued with the facts, see events.build).
+        self.facts: Facts | None = facts
+        self._context: Mapping[str, Any] | None = context
+        self._facts_json: bytes | None = None
         # The user opted out (GPC, consent): nothing about them is queued in this scope.
         self.opted_out = opted_out
         # Per-request pageview options set by the view (name, category, properties, skip...).
@@ -74,6 +83,30 @@ class Scope:
         # Messages queued while the scope was bound.
         self.emitted = emitted
         self.user_source = user_source
+
+    @property
+    def context(self) -> Mapping[str, Any]:
+        """The request's Segment context (``{}`` for a scope that is no request's)."""
+        context = self._context
+        if context is None:
+            context = self._context = context_from(self.facts) if self.facts is not None else {}
+        return context
+
+    @property
+    def facts_json(self) -> bytes | None:
+        """The facts serialised, once per request (every event of it carries them)."""
+        if self._facts_json is None and self.facts is not None:
+            self._facts_json = dumps(self.facts)
+        return self._facts_json
+
+    def set_title(self, title: str) -> None:
+        """The page's title, once the response shows it: in the facts and the context made."""
+        if self.facts is None:
+            return
+        self.facts["title"] = title
+        self._facts_json = None
+        if self._context is not None and isinstance(self._context.get("page"), dict):
+            self._context["page"]["title"] = title
 
     @property
     def user_id(self) -> str | None:
@@ -99,7 +132,7 @@ class Scope:
             f"Scope(user_id={'<set>' if self._user_id else None}, "
             f"user_source={'<set>' if self.user_source else None}, "
             f"anonymous_id={'<set>' if self.anonymous_id else None}, "
-            f"context keys={sorted(self.context)}, opted_out={self.opted_out})"
+            f"facts={'<set>' if self.facts else None}, opted_out={self.opted_out})"
         )
 
     def to_headers(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from .client import get_client
-from .events import Entry
+from .events import Entry, complete
 
 
 class CapturedEvents(list[dict[str, Any]]):
@@ -29,7 +29,9 @@ class CapturedEvents(list[dict[str, Any]]):
 
     def __call__(self, entry: Entry) -> None:
         self.entries.append(entry)
-        self.append(orjson.loads(entry.body))
+        # Parsed from the message as it will be delivered: an event of a request is queued
+        # with the request's facts, and made whole only where it is delivered.
+        self.append(orjson.loads(complete(entry.body)))
 
     def of_type(self, type_: str) -> list[dict[str, Any]]:
         return [e for e in self if e["type"] == type_]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import uuid
 from collections.abc import Callable
@@ -477,3 +478,27 @@ def test_integer_scope_ids_are_stringified(client: Client, segment_events: Captu
     with segment_mw.bound(segment_mw.Scope(user_id=42)):  # type: ignore[arg-type]
         segment_mw.track("Clicked")
     assert only(segment_events)["userId"] == "42"
+
+
+def test_message_ids_are_uuid4_strings_and_a_forked_child_makes_its_own() -> None:
+    from segment_mw.events import new_message_id
+
+    ids = [new_message_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    for mid in ids[:100]:
+        parsed = uuid.UUID(mid)
+        assert (str(parsed), parsed.version, parsed.variant) == (mid, 4, uuid.RFC_4122)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the generator it inherited must not go on in step with ours
+        try:
+            os.write(write, " ".join(new_message_id() for _ in range(100)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    parent = [new_message_id() for _ in range(100)]
+    assert len(child) == 100
+    assert not set(child) & set(parent)

@@ -79,9 +79,12 @@ class MetaHeaders(Mapping[str, str]):
         self._meta = meta
 
     def get(self, name: str, default: Any = None) -> Any:
+        # The core reads a score of headers a request: one lookup each in the common case.
         key = _META_KEYS.get(name) or _meta_key(name)
-        value = self._meta.get(key) if key is not None else None
-        return value if isinstance(value, str) else default
+        if key is None:
+            return default
+        value = self._meta.get(key, default)
+        return value if value is default or type(value) is str else default
 
     def __getitem__(self, name: str) -> str:
         value = self.get(name)
@@ -336,8 +339,8 @@ def _finish(request: HttpRequest, response: HttpResponseBase, captured: _Capture
             )
         if reason is None:
             pv = settings.pageviews
-            if pv["TITLE"] and not rc.page.get("title"):
-                rc.page["title"] = _title(response, content_type, int(pv["TITLE_MAX_BYTES"]))
+            if pv["TITLE"] and not rc.title:
+                rc.scope.set_title(_title(response, content_type, int(pv["TITLE_MAX_BYTES"])))
             pageviews.emit_pageview(
                 rc, settings, route_name=_route_name(match), view_opts=view_opts
             )
@@ -369,6 +372,17 @@ def _finish(request: HttpRequest, response: HttpResponseBase, captured: _Capture
         _failed("django_cookie_failed", "could not set the anonymous id cookie")
 
 
+def _is_async_view(view: Any) -> bool:
+    try:
+        return _async_views(view)
+    except TypeError:  # an unhashable callable
+        return iscoroutinefunction(view)
+
+
+# Asked of every request; a site has a fixed set of views (as_view() runs at start).
+_async_views = lru_cache(maxsize=4096)(iscoroutinefunction)
+
+
 class SegmentMiddleware:
     """Record pageviews and bind the request's Segment context (sync and async capable).
 
@@ -392,7 +406,7 @@ class SegmentMiddleware:
 
     def _before_view(self, request: HttpRequest, view: Any, *args: Any) -> None:
         try:
-            if iscoroutinefunction(view) and _session_unread(request):
+            if _is_async_view(view) and _session_unread(request):
                 session_user_id(request)
         except Exception:
             _failed("django_user_failed", "could not read the request's session")

@@ -85,6 +85,9 @@ def handler(segment_settings: Any, redis_settings: dict[str, Any]) -> WSGIHandle
     return WSGIHandler()
 
 
+# The WSGI handler closes stale database connections at each request's start: a test run
+# after one that opened a connection would otherwise be refused database access.
+@pytest.mark.django_db
 def test_a_flood_of_random_8kb_headers_does_not_grow_the_process(handler):
     for _ in range(300):  # warm-up: imports, connections, Django's own caches, the heap
         assert serve(handler, environ(hostile())) == 200
