@@ -342,6 +342,26 @@ class Processes:
         self.stop_all()
 
 
+def session_cpu_seconds(leader: int) -> float:
+    """User + system CPU of every live process in ``leader``'s session (a server's master
+    and the workers it forked), from ``/proc``: the difference of two readings is what
+    they spent between them (a process that exited in between is not counted)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                # The command name may hold spaces: fields are counted after its ")".
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[3]) == leader:  # the session id
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     """Until something accepts connections on ``port``; exit if ``proc`` dies first."""
     deadline = time.monotonic() + timeout

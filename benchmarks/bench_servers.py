@@ -47,6 +47,7 @@ from _common import (
     median,
     private_redis,
     running_sink,
+    session_cpu_seconds,
     table,
     wait_for,
     wait_listening,
@@ -77,6 +78,7 @@ class Load:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_ms: float = 0.0  # the server's CPU per request (master and workers)
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -122,8 +124,8 @@ def _env(**extra: str) -> dict[str, str]:
 
 def start(
     procs: Processes, kind: str, workers: int, redis_url: str, sink_url: str
-) -> tuple[dict[bool, int], subprocess.Popen[bytes]]:
-    """The worker delivering, and a server with and one without the middleware: ports."""
+) -> tuple[dict[bool, int], dict[bool, subprocess.Popen[bytes]], subprocess.Popen[bytes]]:
+    """The worker delivering, and a server with and one without the middleware."""
     broker = redis_url.rsplit("/", 1)[0] + "/1"
     bin_dir = os.path.dirname(sys.executable)
     ports = {True: free_port(), False: free_port()}
@@ -184,9 +186,10 @@ def start(
                 env=_env(**common, SHOP_SEGMENT_MIDDLEWARE="1" if middleware else "0"),
                 cwd=str(ROOT),
             )
-    for proc, port in zip(procs.procs[-2:], ports.values(), strict=True):
-        wait_listening(port, proc)
-    return ports, worker
+    servers = dict(zip(ports, procs.procs[-2:], strict=True))
+    for middleware, port in ports.items():
+        wait_listening(port, servers[middleware])
+    return ports, servers, worker
 
 
 _WORKER_ARGS = (
@@ -202,7 +205,15 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, object]:
     with Processes() as procs, private_redis("bench-servers") as redis_url, running_sink() as sink:
         import redis
 
-        ports, worker = start(procs, kind, args.workers, redis_url, sink.url)
+        ports, servers, worker = start(procs, kind, args.workers, redis_url, sink.url)
+
+        def run(middleware: bool, connections: int) -> Load:
+            before = session_cpu_seconds(servers[middleware].pid)
+            load = wrk(ports[middleware], connections, args.duration)
+            spent = session_cpu_seconds(servers[middleware].pid) - before
+            load.cpu_ms = spent / max(load.requests, 1) * 1e3
+            return load
+
         served = 0  # requests answered by the server with the middleware
         for middleware, port in ports.items():  # warm up: imports, connections, caches
             load = wrk(port, args.connections, 1)
@@ -210,22 +221,25 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, object]:
         # The worker is up once the warm-up's pageviews reach the sink.
         if not wait_for(lambda: sink.stats()["events"] > 0, 60.0):
             sys.exit(f"{kind}: no event reached the sink\n" + procs.log_tail(worker))
+        delivered_before = sink.stats()["events"]
+        worker_before = session_cpu_seconds(worker.pid)
         busy: dict[bool, list[Load]] = {True: [], False: []}
         one: dict[bool, list[Load]] = {True: [], False: []}
         for n in range(args.rounds):
             order = (True, False) if n % 2 == 0 else (False, True)
             for middleware in order:
-                load = wrk(ports[middleware], args.connections, args.duration)
+                load = run(middleware, args.connections)
                 busy[middleware].append(load)
                 served += load.requests if middleware else 0
             for middleware in order:
-                load = wrk(ports[middleware], 1, args.duration)
+                load = run(middleware, 1)
                 one[middleware].append(load)
                 served += load.requests if middleware else 0
         sent_by_end = sink.stats()["events"]
         wait_for(lambda: sink.stats()["events"] >= served, 60.0)
         time.sleep(0.5)  # anything beyond wrk's count (answered after its clock) lands now
         received = sink.stats()["events"]
+        worker_cpu = session_cpu_seconds(worker.pid) - worker_before
         backlog = redis.Redis.from_url(redis_url).xlen("segment_mw:log")
     errors = sum(load.errors for loads in (*busy.values(), *one.values()) for load in loads)
 
@@ -242,6 +256,8 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, object]:
         "busy p99": (med(busy[False], "p99_ms"), med(busy[True], "p99_ms")),
         "one p50": (med(one[False], "p50_ms"), med(one[True], "p50_ms")),
         "one p99": (med(one[False], "p99_ms"), med(one[True], "p99_ms")),
+        "cpu": (med(busy[False], "cpu_ms"), med(busy[True], "cpu_ms")),
+        "worker cpu": worker_cpu / max(received - delivered_before, 1) * 1e3,
         "served": served,
         "received": received,
         "at end": sent_by_end,
@@ -277,7 +293,7 @@ def main() -> int:
 
     def pair(value: object) -> str:
         bare, with_mw = value  # type: ignore[misc]
-        return f"{bare:.2f} → {with_mw:.2f} (+{with_mw - bare:.2f})"
+        return f"{bare:.2f} → {with_mw:.2f} ({with_mw - bare:+.2f})"
 
     print(f"throughput, {args.connections} connections (requests/s, medians):")
     print(
@@ -294,6 +310,13 @@ def main() -> int:
                 ]
                 for r in results
             ],
+        )
+    )
+    print("\nCPU per request (ms; server: master and workers; worker: per event delivered):")
+    print(
+        table(
+            ["server", "server bare → with", "Celery worker"],
+            [[r["kind"], pair(r["cpu"]), r["worker cpu"]] for r in results],
         )
     )
     print("\nlatency added, one connection (ms, bare → with segment_mw):")
