@@ -8,7 +8,8 @@ run, the variants interleaved and the median of ``--runs`` taken:
 - the bare call;
 - ``@tracked`` with ``ENABLED`` False: the decorator, the properties callable and the
   event's checks, nothing written;
-- ``@tracked``: the same and the durable write to Redis (what a deployment runs);
+- ``@tracked``: the same and the durable write to Redis (what a deployment runs), and
+  again without Celery installed (no flush requested: what the request of a flush adds);
 - ``track()`` with the same properties: the durable write alone, built by hand;
 - a bare redis-py ``XADD`` of a body of the event's size: the floor of a durable write.
 
@@ -63,8 +64,8 @@ def settings(prefix: str, enabled: bool) -> dict[str, Any]:
     }
 
 
-def variants(prefix: str) -> dict[str, tuple[bool, Callable[[], object]]]:
-    """name: (segment_mw enabled, one call)."""
+def variants(prefix: str) -> dict[str, tuple[bool, bool, Callable[[], object]]]:
+    """name: (segment_mw enabled, Celery installed, one call)."""
     from shop.billing import charge
 
     bare = charge.__wrapped__  # type: ignore[attr-defined]
@@ -86,11 +87,12 @@ def variants(prefix: str) -> dict[str, tuple[bool, Callable[[], object]]]:
         return order
 
     return {
-        "bare call": (True, lambda: bare(1, PRICE)),
-        "@tracked, ENABLED False": (False, lambda: charge(1, PRICE)),
-        "@tracked (durable write)": (True, lambda: charge(1, PRICE)),
-        "track() by hand": (True, by_hand),
-        "XADD floor": (True, lambda: client.xadd(stream, {b"m": body})),  # type: ignore[attr-defined]
+        "bare call": (True, True, lambda: bare(1, PRICE)),
+        "@tracked, ENABLED False": (False, True, lambda: charge(1, PRICE)),
+        "@tracked (durable write)": (True, True, lambda: charge(1, PRICE)),
+        "@tracked, Celery not installed": (True, False, lambda: charge(1, PRICE)),
+        "track() by hand": (True, True, by_hand),
+        "XADD floor": (True, True, lambda: client.xadd(stream, {b"m": body})),  # type: ignore[attr-defined]
     }
 
 
@@ -134,9 +136,10 @@ def main() -> int:
         for run in range(args.runs):
             # Rotated, so that no variant always runs first (or right after another).
             for name in names[run % len(names) :] + names[: run % len(names)]:
-                enabled, call = calls[name]
+                enabled, celery, call = calls[name]
                 segment_mw.configure(settings(prefix, enabled))
-                segment_mw.celery.install(app, watchdog=False)
+                if celery:
+                    segment_mw.celery.install(app, watchdog=False)
                 for _ in range(50):  # warm up: connections, the first kick
                     call()
                 wall, cpu = time.perf_counter(), time.process_time()
