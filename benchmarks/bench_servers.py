@@ -284,7 +284,7 @@ def main() -> int:
     unknown = set(kinds) - set(SERVERS)
     if unknown:
         sys.exit(f"unknown servers: {', '.join(sorted(unknown))} (known: {', '.join(SERVERS)})")
-    print(environment())
+    print(environment().rsplit(", redis", 1)[0] + ", a private redis-server")
     print(
         f"{args.workers} worker process(es) per server, {args.rounds} round(s) of "
         f"{args.duration:g}s per load, a Celery worker delivering meanwhile\n"
