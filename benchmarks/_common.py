@@ -270,10 +270,17 @@ def free_port() -> int:
 
 
 def exit_on_sigterm() -> None:
-    """Turn SIGTERM into SystemExit, so ``finally`` blocks stop the children we started."""
+    """Turn SIGTERM into SystemExit, so ``finally`` blocks stop the children we started.
+
+    Only the first: a second one must not cut the clean-up short.
+    """
     import signal
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    def stop(*_: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 class Processes:

@@ -111,10 +111,11 @@ def measure(flush_delay: float, args: argparse.Namespace) -> list[dict[str, Any]
     import segment_mw.celery
     from segment_mw.client import reset_client
 
+    # Ended the other way round: the worker first, Redis last.
     with (
-        Processes() as procs,
         private_redis("bench-latency") as redis_url,
         running_sink(delays=True) as sink,
+        Processes() as procs,
     ):
         broker = redis_url.rsplit("/", 1)[0] + "/1"
         settings = {

@@ -202,7 +202,9 @@ _WORKER_ARGS = (
 
 
 def measure(kind: str, args: argparse.Namespace) -> dict[str, object]:
-    with Processes() as procs, private_redis("bench-servers") as redis_url, running_sink() as sink:
+    # Entered in this order so that they end the other way round: the servers and the worker
+    # first (their exit drains still reach Redis and the sink), Redis last.
+    with private_redis("bench-servers") as redis_url, running_sink() as sink, Processes() as procs:
         import redis
 
         ports, servers, worker = start(procs, kind, args.workers, redis_url, sink.url)
