@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,50 +25,12 @@ from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import median, table, unique_prefix
+from _common import median, private_redis, table, unique_prefix
 
 CHUNK = 10_000
 IN_FLIGHT = 2_500
 PARKED = 1_000
 DEAD = 100
-
-
-@contextmanager
-def private_redis() -> Iterator[str]:
-    """A redis-server of this run's own, on a free port, without persistence."""
-    if shutil.which("redis-server") is None:
-        sys.exit("redis-server is not installed; pass --redis-url instead")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    directory = tempfile.mkdtemp(prefix="bench-status-")
-    proc = subprocess.Popen(
-        [
-            *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", "--dir", directory),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.RedisError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                sys.exit("the private redis-server did not start")
-            time.sleep(0.05)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.kill()
-        proc.wait(10)
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextmanager

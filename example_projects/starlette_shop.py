@@ -1,11 +1,14 @@
 """The example shop as a Starlette app: the ASGI middleware and a tracked charge.
 
 Run it with ``uvicorn example_projects.starlette_shop:app`` after ``segment_mw.configure``
-(the demo does that), or import ``build_app`` to wrap it yourself.
+(the demo does that), or import ``build_app`` to wrap it yourself;
+``build_app(middleware=False)`` is the same shop without segment_mw's middleware (the
+benchmarks' baseline; ``SHOP_SEGMENT_MIDDLEWARE=0`` does that for ``app``).
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from decimal import Decimal
 
@@ -57,14 +60,15 @@ async def cart(request: Request) -> JSONResponse:
     return JSONResponse({"items": []})
 
 
-def build_app() -> SegmentMiddleware:
+def build_app(*, middleware: bool = True) -> SegmentMiddleware | Starlette:
     routes = [
         Route("/", home, name="home"),
         Route("/products/{product_id:int}", product, name="product"),
         Route("/checkout", checkout, methods=["POST"], name="checkout"),
         Route("/api/cart", cart, name="cart"),
     ]
-    return SegmentMiddleware(Starlette(routes=routes))
+    shop = Starlette(routes=routes)
+    return SegmentMiddleware(shop) if middleware else shop
 
 
-app = build_app()
+app = build_app(middleware=os.environ.get("SHOP_SEGMENT_MIDDLEWARE") != "0")

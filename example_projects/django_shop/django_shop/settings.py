@@ -2,6 +2,9 @@
 
 Run it with the embedded queue (no server needed) or point it at Redis and Segment with
 ``SEGMENT_MW_QUEUE_URL=redis://localhost:6379/0`` and ``SEGMENT_WRITE_KEY=...``.
+The benchmarks run it as is, with two switches: ``SHOP_SEGMENT_MIDDLEWARE=0`` leaves the
+middleware out (the bare baseline) and ``SHOP_WEBHOOK_URL`` sends events to that URL
+instead of the archive file.
 """
 
 import os
@@ -31,6 +34,8 @@ MIDDLEWARE = [
     # After authentication, so pageviews carry the signed-in user's id.
     "segment_mw.django.SegmentMiddleware",
 ]
+if os.environ.get("SHOP_SEGMENT_MIDDLEWARE") == "0":
+    MIDDLEWARE.remove("segment_mw.django.SegmentMiddleware")
 
 ROOT_URLCONF = "django_shop.urls"
 TEMPLATES = [
@@ -54,12 +59,16 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 SEGMENT_MW = {
     # Unset: the embedded SQLite queue. Production: "redis://localhost:6379/0".
     "QUEUE_URL": os.environ.get("SEGMENT_MW_QUEUE_URL"),
-    "DESTINATIONS": {
-        "archive": {
-            "type": "jsonl",
-            "path": os.environ.get("SHOP_EVENTS_FILE", str(BASE_DIR / "events.jsonl")),
-        },
-    },
+    "DESTINATIONS": (
+        {"webhook": {"type": "http", "url": os.environ["SHOP_WEBHOOK_URL"]}}
+        if os.environ.get("SHOP_WEBHOOK_URL")
+        else {
+            "archive": {
+                "type": "jsonl",
+                "path": os.environ.get("SHOP_EVENTS_FILE", str(BASE_DIR / "events.jsonl")),
+            },
+        }
+    ),
     # Facebook Pixel runs in the browser; keep server copies of events away from it.
     "INTEGRATIONS": {"Facebook Pixel": False},
     "AUTH_SIGNALS": True,
