@@ -19,7 +19,14 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from .bots import is_bot
 from .cache import memoize
 from .config import Settings
-from .identity import ANONYMOUS_ID_COOKIE, cookie_user_id, new_anonymous_id, parse_id_cookie
+from .identity import (
+    ANONYMOUS_ID_COOKIE,
+    GA_COOKIE,
+    cookie_user_id,
+    ga_client_id,
+    new_anonymous_id,
+    parse_id_cookie,
+)
 from .scope import Scope, UserSource
 
 
@@ -344,6 +351,9 @@ def capture(
     campaign = campaign_from(info.query_string)
     if campaign:
         context["campaign"] = campaign
+    client_id = ga_client_id(info.cookies.get(GA_COOKIE))
+    if client_id is not None:
+        context["googleAnalytics"] = {"clientId": client_id}
 
     opted_out = is_opted_out(info, settings)
     anonymous_id = parse_id_cookie(info.cookies.get(ANONYMOUS_ID_COOKIE))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from . import metrics
 from .config import Settings
-from .destinations import Destination, make_destination
+from .destinations import Destination, Outcome, make_destination
 from .queue import Backoff, Lease, Queue, Record
 from .routing import Router
 
@@ -278,12 +278,12 @@ class Deliverer:
                 skipped.append(record.id)
         if skipped:
             queue.ack(name, skipped)
+        max_events = min(settings.batch_max_events, dest.max_events or settings.batch_max_events)
+        max_bytes = min(settings.batch_max_bytes, dest.max_bytes or settings.batch_max_bytes)
         todo = [
             batch
             for run in _same_attempts(mine)
-            for batch in batches(
-                run, settings.batch_max_events, settings.batch_max_bytes, dest.overhead
-            )
+            for batch in batches(run, max_events, max_bytes, dest.overhead)
         ]
         while todo:
             if lease is not None and not lease.keep():
@@ -318,12 +318,17 @@ class Deliverer:
                         outcome.refused[0][1],
                     )
                     report.dead += len(outcome.refused)
-                    bad = {index for index, _ in outcome.refused}
-                    batch = [r for i, r in enumerate(batch) if i not in bad]
-                if batch:
-                    queue.ack(name, [r.id for r in batch], delivered=len(batch))
-                report.delivered += len(batch)
-                continue
+                pending = set(outcome.pending)
+                bad = {index for index, _ in outcome.refused} | pending
+                done = [r for i, r in enumerate(batch) if i not in bad]
+                if done:
+                    queue.ack(name, [r.id for r in done], delivered=len(done))
+                report.delivered += len(done)
+                if not pending:
+                    continue
+                # The rest failed for a passing reason: retried alone, as a failed batch.
+                batch = [r for i, r in enumerate(batch) if i in pending]
+                outcome = Outcome.transient(outcome.error or "not delivered", outcome.retry_after)
             error = outcome.error or "unknown error"
             if not outcome.retry:
                 if outcome.split and len(batch) > 1:

@@ -29,6 +29,11 @@ from .scope import Scope, as_user_id
 
 ANONYMOUS_ID_COOKIE = "ajs_anonymous_id"
 USER_ID_COOKIE = "ajs_user_id"
+# gtag.js's cookie: GA1.<domain depth>.<random>.<first visit>. Its last two numbers are
+# the browser's GA4 client id, recorded as context.googleAnalytics.clientId so that a
+# server-side event (a purchase) joins the browser's GA4 session.
+GA_COOKIE = "_ga"
+GA_CLIENT_ID = re.compile(r"[0-9]{1,20}\.[0-9]{1,20}", re.ASCII)
 COOKIE_MAX_AGE = 365 * 24 * 3600
 MAX_ID_LENGTH = 100
 _ID_OK = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: what an id can be
@@ -127,6 +132,17 @@ def parse_id_cookie(raw: str | None) -> str | None:
     if value in ("null", "undefined"):
         return None
     return value
+
+
+def ga_client_id(raw: str | None) -> str | None:
+    """The GA4 client id in a ``_ga`` cookie (``GA1.1.1234567890.1700000000``), if valid."""
+    if not raw or len(raw) > 64:
+        return None
+    parts = raw.strip().split(".")
+    if len(parts) != 4 or not parts[0].startswith("GA"):
+        return None
+    client_id = f"{parts[2]}.{parts[3]}"
+    return client_id if GA_CLIENT_ID.fullmatch(client_id) else None
 
 
 def cookie_user_id(cookies: Mapping[str, str], settings: Settings) -> str | None:
