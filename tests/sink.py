@@ -151,7 +151,7 @@ def running_sink(port: int = 0) -> Iterator[Sink]:
     server = ThreadingHTTPServer(("127.0.0.1", port), sink.handler())
     server.daemon_threads = True
     sink.server = server
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield sink

@@ -25,3 +25,19 @@ def test_user_agents_no_browser_sends_are_bots_without_matching():
     assert bots.is_bot(BROWSER + " x" * 300) is True
     assert bots.is_bot("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)")
     assert bots.is_bot(BROWSER) is False
+
+
+def test_the_ga_cookie_gives_the_browsers_ga4_client_id():
+    settings = load_settings({}, environ={})
+    info = RequestInfo(
+        "GET", "https", "shop.example", "/", cookies={"_ga": "GA1.1.1234567890.1700000000"}
+    )
+    context = capture(info, settings).scope.context
+    assert context["googleAnalytics"] == {"clientId": "1234567890.1700000000"}
+
+
+def test_a_malformed_ga_cookie_is_ignored():
+    settings = load_settings({}, environ={})
+    for raw in ("GA1.1.abc.1700000000", "GA1.1.1.2.3", "x" * 500, "GA1.1.1234567890", ""):
+        info = RequestInfo("GET", "https", "shop.example", "/", cookies={"_ga": raw})
+        assert "googleAnalytics" not in capture(info, settings).scope.context, raw
