@@ -1,0 +1,216 @@
+"""The mixpanel destination against Mixpanel's own Python SDK, and its answers."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from mixpanel import Consumer, Mixpanel, ServiceAccountCredentials
+
+from segment_mw import events
+from segment_mw.config import load_settings
+from segment_mw.destinations import Outcome
+from segment_mw.errors import ConfigurationError
+
+from .tools import WHEN, body, make, stored, track
+
+TOKEN = "mp-project-token"
+ACCOUNT = {"service_account": "sa.user", "secret": "sa-secret-value", "project_id": "12345"}
+ORDER = {"order_id": "o-1", "revenue": 42.5, "currency": "EUR"}
+# Properties we add that the SDK leaves to the caller: what Segment's Mixpanel destination
+# fills from the message's context and ids (the SDK knows no request).
+FROM_CONTEXT = {
+    "$current_url": "https://shop.example/checkout",
+    "$referrer": "https://search.example/?q=shoes",
+    "utm_campaign": "winter",
+    "utm_source": "newsletter",
+    "utm_medium": "email",
+    "ip": "203.0.113.7",
+    "$device_id": "anon-1",
+    "$user_id": "u-1",
+}
+
+
+def sdk_import(sink, name: str, properties: dict) -> tuple[dict, object]:
+    sink.answer = b'{"status": 1, "error": null}'  # what the SDK insists on reading
+    credentials = ServiceAccountCredentials(
+        ACCOUNT["service_account"], ACCOUNT["secret"], ACCOUNT["project_id"]
+    )
+    consumer = Consumer(import_url=f"{sink.url}/import", credentials=credentials, retry_limit=0)
+    client = Mixpanel(TOKEN, consumer=consumer, credentials=credentials)
+    client.import_data(None, "u-1", name, WHEN.timestamp(), properties)
+    (request,) = sink.requests
+    return body(request), request
+
+
+def ours(sink, bodies, **options) -> tuple[list, object]:
+    dest = make("mixpanel", sink.url, **{"token": TOKEN, **ACCOUNT, **options})
+    try:
+        assert dest.send(bodies) == Outcome.partial({})
+    finally:
+        dest.close()
+    (request,) = sink.requests
+    return body(request), request
+
+
+def compare(sdk: dict, mine: dict) -> None:
+    assert mine["event"] == sdk["event"]
+    theirs, props = sdk["properties"], mine["properties"]
+    for key in ("token", "distinct_id", "$insert_id"):
+        assert props[key] == theirs[key], key
+    # Deliberate: milliseconds (which /import takes) where the SDK sends float seconds.
+    assert props["time"] == round(theirs["time"] * 1000)
+    # Deliberate: mp_lib / $lib_version name the library that sent it.
+    assert (props["mp_lib"], theirs["mp_lib"]) == ("segment_mw", "python")
+    shared = set(theirs) - {"time", "mp_lib", "$lib_version"}
+    for key in shared:
+        assert props[key] == theirs[key], key
+    assert set(props) - set(theirs) == set(FROM_CONTEXT)
+    for key, value in FROM_CONTEXT.items():
+        assert props[key] == value, key
+
+
+def test_track_matches_the_sdks_import(sink, sinks):
+    mid = events.new_message_id()
+    sdk, sdk_request = sdk_import(sink, "Order Completed", {**ORDER, "$insert_id": mid})
+    (mine,), request = ours(
+        sinks(),
+        [
+            track(
+                "Order Completed",
+                ORDER,
+                user_id="u-1",
+                anonymous_id="anon-1",
+                timestamp=WHEN,
+                message_id=mid,
+            )
+        ],
+    )
+    compare(sdk, mine)
+    # Same service-account credentials and project.
+    assert request.headers["Authorization"] == sdk_request.headers["Authorization"]
+    ours_query, sdk_query = (parse_qs(urlsplit(r.path).query) for r in (request, sdk_request))
+    assert ours_query["project_id"] == sdk_query["project_id"] == ["12345"]
+    # Deliberate: strict=1, so that Mixpanel validates each record and imports the valid
+    # ones (the SDK posts a form without it); a gzipped JSON array where the SDK posts a
+    # form field; and no ip=0: we send the user's own address as the ip property.
+    assert ours_query["strict"] == ["1"]
+    assert request.headers["Content-Encoding"] == "gzip"
+    assert request.headers["Content-Type"] == "application/json"
+
+
+def test_named_page_is_viewed_page_event(sink, sinks):
+    mid = events.new_message_id()
+    page_props = {"name": "Checkout", "category": "Shop"}
+    sdk, _ = sdk_import(sink, "Viewed Shop Checkout Page", {**page_props, "$insert_id": mid})
+    (mine,), _ = ours(
+        sinks(),
+        [
+            stored(
+                "page",
+                events.page_fields("Checkout", {}, "Shop"),
+                user_id="u-1",
+                anonymous_id="anon-1",
+                timestamp=WHEN,
+                message_id=mid,
+            )
+        ],
+    )
+    compare(sdk, mine)
+
+
+def test_identify_merges_the_anonymous_id_and_other_calls_are_skipped(sink):
+    dest = make("mixpanel", sink.url, token=TOKEN)
+    outcome = dest.send(
+        [
+            stored(
+                "identify",
+                events.identify_fields({"plan": "pro"}),
+                user_id="u-1",
+                anonymous_id="anon-1",
+                timestamp=WHEN,
+            ),
+            stored("group", events.group_fields("g", {}), user_id="u-1", timestamp=WHEN),
+            stored("alias", events.alias_fields("a", "u-1"), user_id="u-1", timestamp=WHEN),
+        ]
+    )
+    assert outcome == Outcome.partial({})
+    (request,) = sink.requests
+    (event,) = body(request)
+    assert event["event"] == "$identify"
+    assert event["properties"]["$identified_id"] == "u-1"
+    assert event["properties"]["$anon_id"] == "anon-1"
+    # A project token alone: it is the Basic user name, and no project_id is asked for.
+    assert parse_qs(urlsplit(request.path).query) == {"strict": ["1"]}
+
+
+def test_a_strict_400_dead_letters_only_the_failed_records(sink):
+    dest = make("mixpanel", sink.url, token=TOKEN)
+    answer = {
+        "code": 400,
+        "error": "some data points in the request failed validation",
+        "failed_records": [
+            {
+                "index": 1,
+                "$insert_id": "x",
+                "field": "properties.time",
+                "message": "'properties.time' is invalid",
+            }
+        ],
+        "num_records_imported": 2,
+        "status": "Bad Request",
+    }
+    sink.fail(400, body=json.dumps(answer).encode())
+    outcome = dest.send(
+        [
+            track("A", user_id="u", timestamp=WHEN),
+            stored("group", events.group_fields("g", {}), user_id="u", timestamp=WHEN),  # skipped
+            track("B", user_id="u", timestamp=WHEN),
+            track("C", user_id="u", timestamp=WHEN),
+        ]
+    )
+    assert outcome.ok
+    assert outcome.refused == (
+        (2, "Mixpanel refused it: properties.time: 'properties.time' is invalid"),
+    )
+    assert outcome.pending == ()
+
+
+@pytest.mark.parametrize(
+    ("status", "retry", "split"),
+    [
+        (429, True, False),
+        (502, True, False),
+        (401, False, False),
+        (400, False, True),
+        (413, False, True),
+    ],
+)
+def test_answers(sink, status, retry, split):
+    dest = make("mixpanel", sink.url, **ACCOUNT)
+    sink.fail(status, body=b'{"error": "no", "status": 0}', headers={"Retry-After": "3"})
+    outcome = dest.send([track("A", user_id="u"), track("B", user_id="u")])
+    assert not outcome.ok
+    assert (outcome.retry, outcome.split) == (retry, split)
+    if retry:
+        assert outcome.retry_after == 3.0
+    text = repr(dest) + repr(dest.options) + (outcome.error or "")
+    assert ACCOUNT["secret"] not in text
+
+
+def test_options_are_checked_when_configured():
+    def settings(**options):
+        load_settings(
+            {"QUEUE_URL": "memory://", "DESTINATIONS": {"MP": {"type": "mixpanel", **options}}},
+            environ={},
+        )
+
+    with pytest.raises(ConfigurationError, match="token"):
+        settings()
+    with pytest.raises(ConfigurationError, match="project_id"):
+        settings(service_account="sa", secret="s")
+    with pytest.raises(ConfigurationError, match="secret"):
+        settings(service_account="sa", project_id=1)
+    settings(token=TOKEN)
+    settings(**ACCOUNT)
