@@ -141,6 +141,8 @@ class AmplitudeDestination(MappedDestination[dict[str, Any]]):
         if isinstance(answer, Outcome):
             return answer, {}, []
         positions = [i for i, _ in items]
+        if answer.status == 400 and b"Invalid API key" in answer.data:
+            return Outcome.rejected(self.transport.error(answer)), {}, []
         if answer.status == 400:
             bad = _invalid_events(answer.data)
             if bad:
