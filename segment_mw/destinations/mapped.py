@@ -129,4 +129,3 @@ def merge(outcome: Outcome, refused: Mapping[int, str], sent: Sequence[int]) -> 
         return outcome  # the halves are converted (and refused) again
     error = outcome.error or "rejected"
     return Outcome.partial({**refused, **dict.fromkeys(sent, error)})
-
