@@ -120,29 +120,71 @@ def test_named_page_is_viewed_page_event(sink, sinks):
     compare(sdk, mine)
 
 
-def test_identify_merges_the_anonymous_id_and_other_calls_are_skipped(sink):
-    dest = make("mixpanel", sink.url, token=TOKEN)
+def identify(**ids) -> bytes:
+    return stored(
+        "identify", events.identify_fields({"plan": "pro", "seats": 3}), timestamp=WHEN, **ids
+    )
+
+
+def test_identify_merges_the_ids_and_sets_the_profile_as_the_sdk_does(sink, sinks):
+    sink.answer = b'{"status": 1, "error": null}'
+    client = Mixpanel(TOKEN, consumer=Consumer(people_url=f"{sink.url}/engage", retry_limit=0))
+    client.people_set(
+        "u-1", {"plan": "pro", "seats": 3}, meta={"$time": int(WHEN.timestamp() * 1000)}
+    )
+    (sdk_request,) = sink.requests
+    sdk = body(sdk_request)
+    mine_sink = sinks()
+    mine_sink.answer = b'{"status": 1, "error": null}'
+    dest = make("mixpanel", mine_sink.url, token=TOKEN)
     outcome = dest.send(
         [
-            stored(
-                "identify",
-                events.identify_fields({"plan": "pro"}),
-                user_id="u-1",
-                anonymous_id="anon-1",
-                timestamp=WHEN,
-            ),
+            identify(user_id="u-1", anonymous_id="anon-1"),
             stored("group", events.group_fields("g", {}), user_id="u-1", timestamp=WHEN),
             stored("alias", events.alias_fields("a", "u-1"), user_id="u-1", timestamp=WHEN),
         ]
     )
     assert outcome == Outcome.partial({})
-    (request,) = sink.requests
-    (event,) = body(request)
+    profiled, imported = sorted(mine_sink.requests, key=lambda r: r.path)
+    assert urlsplit(imported.path).path == "/import"
+    assert urlsplit(profiled.path).path == "/engage"
+    (event,) = body(imported)
     assert event["event"] == "$identify"
     assert event["properties"]["$identified_id"] == "u-1"
     assert event["properties"]["$anon_id"] == "anon-1"
     # A project token alone: it is the Basic user name, and no project_id is asked for.
-    assert parse_qs(urlsplit(request.path).query) == {"strict": ["1"]}
+    assert parse_qs(urlsplit(imported.path).query) == {"strict": ["1"]}
+    (update,) = body(profiled)
+    for key in ("$token", "$distinct_id", "$set", "$time"):
+        assert update[key] == sdk[key], key
+    # Deliberate: the user's address, for the profile's location (the SDK knows none).
+    assert set(update) - set(sdk) == {"$ip"}
+    assert update["$ip"] == "203.0.113.7"
+
+
+def test_identify_waits_for_both_parts(sink):
+    dest = make("mixpanel", sink.url, token=TOKEN)
+    sink.answer = b'{"status": 1, "error": null}'
+    sink.fail(200, times=1, body=b'{"code": 200, "status": "OK"}')  # the import
+    sink.fail(503, times=1, headers={"Retry-After": "2"})  # the profile update
+    outcome = dest.send(
+        [track("A", user_id="u-1", timestamp=WHEN), identify(user_id="u-1", anonymous_id="anon-1")]
+    )
+    assert outcome.ok
+    assert outcome.pending == (1,)
+    assert outcome.retry_after == 2.0
+
+
+def test_identify_with_one_id_sets_traits_or_is_skipped(sink):
+    sink.answer = b'{"status": 1, "error": null}'
+    dest = make("mixpanel", sink.url, token=TOKEN)
+    assert dest.send([identify(user_id="u-1")]) == Outcome.partial({})
+    (request,) = sink.requests
+    assert urlsplit(request.path).path == "/engage"
+    # A service account alone cannot update profiles (they take the project token).
+    accounts = make("mixpanel", sink.url, **ACCOUNT)
+    assert accounts.send([identify(user_id="u-1")]) == Outcome.partial({})
+    assert len(sink.requests) == 1
 
 
 def test_a_strict_400_dead_letters_only_the_failed_records(sink):
