@@ -146,3 +146,16 @@ def test_ga4_retries_only_the_client_whose_request_failed(setup, sink, worker):
     assert sent.count(("anon-a", first)) == 1
     assert sent.count(("anon-b", second)) == 2
     assert client.status().destinations["GA4"].dead == 0
+
+
+def test_calls_a_tool_lacks_are_acknowledged_and_counted_in_status(setup, sink, worker):
+    client = setup(DESTINATIONS={"GA4": ga4(sink)})
+    segment_mw.identify("u-1", {"plan": "pro"}, anonymous_id="anon-1")
+    segment_mw.track("Clicked", anonymous_id="anon-1")
+    with worker():
+        wait_until(lambda: client.status().counters.get("skipped_ga4") == 1, 30.0, "the count")
+        # Acknowledged with the track: done with at this destination, never retried.
+        wait_until(lambda: client.status().destinations["GA4"].delivered == 2, 30.0, "acks")
+    status = client.status().destinations["GA4"]
+    assert (status.dead, status.retrying) == (0, 0)
+    assert [e["name"] for e in tool_events(sink, "events")] == ["clicked"]
