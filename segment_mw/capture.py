@@ -24,6 +24,7 @@ from .identity import (
     GA_COOKIE,
     cookie_user_id,
     ga_client_id,
+    ga_session_ids,
     new_anonymous_id,
     parse_id_cookie,
 )
@@ -353,7 +354,11 @@ def capture(
         context["campaign"] = campaign
     client_id = ga_client_id(info.cookies.get(GA_COOKIE))
     if client_id is not None:
-        context["googleAnalytics"] = {"clientId": client_id}
+        google: dict[str, Any] = {"clientId": client_id}
+        sessions = ga_session_ids(info.cookies)
+        if sessions:
+            google["sessionIds"] = sessions
+        context["googleAnalytics"] = google
 
     opted_out = is_opted_out(info, settings)
     anonymous_id = parse_id_cookie(info.cookies.get(ANONYMOUS_ID_COOKIE))

@@ -41,3 +41,17 @@ def test_a_malformed_ga_cookie_is_ignored():
     for raw in ("GA1.1.abc.1700000000", "GA1.1.1.2.3", "x" * 500, "GA1.1.1234567890", ""):
         info = RequestInfo("GET", "https", "shop.example", "/", cookies={"_ga": raw})
         assert "googleAnalytics" not in capture(info, settings).scope.context, raw
+
+
+def test_the_streams_session_cookies_give_the_ga4_session_ids():
+    settings = load_settings({}, environ={})
+    cookies = {
+        "_ga": "GA1.1.1234567890.1700000000",
+        "_ga_ABC123DEF4": "GS2.1.s1700000500$o3$g1$t1700000600$j0$l0$h0",
+        "_ga_OLDSTREAM1": "GS1.1.1700000400.2.1.1700000450.0.0.0",
+        "_ga_bad": "GS1.1.1.1",
+        "_ga_NOTNUMBER": "GS1.1.abc.1",
+    }
+    info = RequestInfo("GET", "https", "shop.example", "/", cookies=cookies)
+    google = capture(info, settings).scope.context["googleAnalytics"]
+    assert google["sessionIds"] == {"ABC123DEF4": "1700000500", "OLDSTREAM1": "1700000400"}

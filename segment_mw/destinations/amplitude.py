@@ -101,7 +101,7 @@ class AmplitudeDestination(MappedDestination[dict[str, Any]]):
             event["user_properties"] = user_properties
         event.update(
             time=int(when * 1000),
-            insert_id=str(message.get("messageId") or spec.as_uuid(None)),
+            insert_id=str(message["messageId"]),
             library=f"segment_mw/{__version__}",
         )
         return event

@@ -3,10 +3,12 @@
 One request carries the events of one client (``client_id``, ``user_id``, ``ip_override``
 are request fields), at most 25 of them and 130 kB. ``client_id`` comes from the browser's
 ``_ga`` cookie when the request had one (``context.googleAnalytics.clientId``, recorded by
-the capture side), so that a server-side purchase joins the browser's session; else it is
-the anonymousId. The endpoint answers 2xx for anything it receives, valid or not: the
-limits the validation server checks are kept here (names, lengths, counts), and events
-older than the 72 hours it back-dates are refused before sending.
+the capture side), and ``session_id`` from the stream's ``_ga_<id>`` cookie
+(``context.googleAnalytics.sessionIds``), so that a server-side purchase joins the
+browser's user and session; else the client is the anonymousId. The endpoint answers 2xx
+for anything it receives, valid or not: the limits the validation server checks are kept
+here (names, lengths, counts), and events older than the 72 hours it back-dates are
+refused before sending.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from urllib.parse import urlencode
 import orjson
 
 from .. import metrics
-from ..identity import GA_CLIENT_ID
+from ..identity import GA_CLIENT_ID, GA_SESSION_ID
 from . import spec
 from .base import Outcome
 from .http import USER_AGENT, is_retryable, parse_retry_after
@@ -230,6 +232,8 @@ class GA4Destination(MappedDestination[Ga4Event]):
         super().__init__(name, options, [api_secret])
         query = urlencode({"measurement_id": options["measurement_id"], "api_secret": api_secret})
         self.url = f"{self.host}/mp/collect?{query}"
+        # The stream's cookie is _ga_<measurement id without "G-">.
+        self.stream = str(options["measurement_id"])[2:]
         self.headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
 
     # -- mapping ----------------------------------------------------------------------
@@ -243,7 +247,9 @@ class GA4Destination(MappedDestination[Ga4Event]):
             raise Skipped(f"GA4 has no equivalent of {kind} calls")
         user_id, anonymous_id = spec.ids(message)
         ctx = spec.context(message)
-        client_id = self._client_id(ctx) or anonymous_id
+        google = spec.mapping(ctx.get("googleAnalytics"))
+        browser = self._client_id(google)
+        client_id = browser or anonymous_id
         if client_id is None:
             raise Refused(
                 "GA4 needs a client id: the message has no anonymousId and no "
@@ -251,12 +257,17 @@ class GA4Destination(MappedDestination[Ga4Event]):
             )
         if user_id is not None and len(user_id) > MAX_USER_ID:
             raise Refused(f"userId longer than GA4's {MAX_USER_ID} characters")
+        # Ours first, so that an event's own 25 parameters never crowd them out; an event
+        # property of the same name wins.
+        ours: dict[str, Any] = {}
+        session = spec.mapping(google.get("sessionIds")).get(self.stream) if browser else None
+        if isinstance(session, str) and GA_SESSION_ID.fullmatch(session):
+            ours["session_id"] = session  # the browser's session, counted in it
         for key, value in spec.utm(message).items():
-            params.setdefault("campaign" if key == "utm_campaign" else key[4:], value)
-        message_id = message.get("messageId")
-        if isinstance(message_id, str):
-            # Not a dedupe key (GA4 has none but transaction_id): lets the two be matched.
-            params.setdefault("event_id", message_id[:MAX_PARAM_VALUE])
+            ours["campaign" if key == "utm_campaign" else key[4:]] = value
+        # Not a dedupe key (GA4 has none but transaction_id): lets the two be matched.
+        ours["event_id"] = str(message["messageId"])[:MAX_PARAM_VALUE]
+        params = {**ours, **params}
         event = {
             "name": name,
             "params": self._limit_params(params),
@@ -266,8 +277,8 @@ class GA4Destination(MappedDestination[Ga4Event]):
         return Ga4Event(client_id, user_id, ip, event, self._user_properties(ctx))
 
     @staticmethod
-    def _client_id(ctx: Mapping[str, Any]) -> str | None:
-        found = spec.mapping(ctx.get("googleAnalytics")).get("clientId")
+    def _client_id(google: Mapping[str, Any]) -> str | None:
+        found = google.get("clientId")
         return found if isinstance(found, str) and GA_CLIENT_ID.fullmatch(found) else None
 
     def _track(self, message: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:

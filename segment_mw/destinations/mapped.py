@@ -79,6 +79,9 @@ class MappedDestination(Destination, Generic[T], abc.ABC):
             if not isinstance(message, dict):
                 refused[index] = "not a JSON object"
                 continue
+            if not isinstance(message.get("messageId"), str) or not message["messageId"]:
+                refused[index] = "no messageId to make the tool's dedupe key from"
+                continue
             when = event_time(message, now)
             if self.max_age is not None and now - when > self.max_age:
                 refused[index] = (

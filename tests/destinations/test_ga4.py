@@ -30,7 +30,13 @@ MEASUREMENT = "G-TEST12345"
 _now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
 NOW = _now.replace(microsecond=_now.microsecond // 1000 * 1000)  # as stored: milliseconds
 NOW_MICROS = int(NOW.timestamp() * 1_000_000)
-BROWSER = {**CONTEXT, "googleAnalytics": {"clientId": "1234567890.1700000000"}}
+BROWSER = {
+    **CONTEXT,
+    "googleAnalytics": {
+        "clientId": "1234567890.1700000000",
+        "sessionIds": {"TEST12345": "1700000500", "OTHER1234": "1"},
+    },
+}
 ORDER = {
     "order_id": "o-1",
     "total": 27.5,
@@ -118,6 +124,7 @@ def test_order_completed_is_a_purchase_that_joins_the_browser_session(sink):
         {"item_id": "SKU-2", "item_name": "Hat", "price": 2.5},
     ]
     assert params["event_id"] == mid
+    assert params["session_id"] == "1700000500"  # this stream's, from its _ga_ cookie
     assert (params["campaign"], params["source"], params["medium"]) == (
         "winter",
         "newsletter",
