@@ -178,7 +178,8 @@ class MixpanelDestination(MappedDestination[list[tuple[str, bytes]]]):
 
     def _engage(self, items: list[tuple[int, bytes]], attempt: int) -> Outcome:
         body = b"[" + b",".join(update for _, update in items) + b"]"
-        answer = self.post(self.engage_url, body, self.engage_headers, attempt)
+        # Uncompressed: the profile API takes no gzip (Mixpanel's reference says so).
+        answer = self.transport.post(self.engage_url, body, self.engage_headers, attempt=attempt)
         if isinstance(answer, Outcome):
             return answer
         outcome = self.transport.outcome(answer)

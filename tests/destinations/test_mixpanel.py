@@ -154,6 +154,8 @@ def test_identify_merges_the_ids_and_sets_the_profile_as_the_sdk_does(sink, sink
     assert event["properties"]["$anon_id"] == "anon-1"
     # A project token alone: it is the Basic user name, and no project_id is asked for.
     assert parse_qs(urlsplit(imported.path).query) == {"strict": ["1"]}
+    assert imported.headers["Content-Encoding"] == "gzip"
+    assert "Content-Encoding" not in profiled.headers  # /engage takes no gzip
     (update,) = body(profiled)
     for key in ("$token", "$distinct_id", "$set", "$time"):
         assert update[key] == sdk[key], key
@@ -256,3 +258,13 @@ def test_options_are_checked_when_configured():
         settings(service_account="sa", project_id=1)
     settings(token=TOKEN)
     settings(**ACCOUNT)
+
+
+def test_a_profile_update_refused_in_a_200_is_a_rejection(sink):
+    # The profile API answers 200 to invalid updates; verbose=1 says so in the body.
+    sink.answer = b'{"status": 0, "error": "$set must be an object"}'
+    dest = make("mixpanel", sink.url, token=TOKEN)
+    outcome = dest.send([identify(user_id="u-1")])
+    assert (outcome.ok, outcome.retry) == (False, False)
+    assert "$set must be an object" in outcome.error
+    assert parse_qs(urlsplit(sink.requests[0].path).query) == {"verbose": ["1"]}
