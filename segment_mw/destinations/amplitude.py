@@ -1,4 +1,4 @@
-"""Amplitude through its HTTP V2 API (``POST /2/httpapi``), US or EU.
+"""Amplitude through its HTTP V2 API (``POST /2/httpapi``), US or EU, gzipped.
 
 ``identify`` and ``group`` are ``$identify`` events (traits in ``user_properties.$set``;
 the group in ``groups``). Every event's ``insert_id`` is its messageId, on which Amplitude
@@ -32,6 +32,9 @@ DEFAULT_GROUP_TYPE = "[Segment] Group"  # the group type Segment's own destinati
 class AmplitudeDestination(MappedDestination[dict[str, Any]]):
     type = "amplitude"
     max_events = MAX_EVENTS
+    max_bytes = MAX_BYTES
+    # HTTP V2 takes gzipped bodies (it counts events after decompressing them).
+    takes_gzip = True
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         self.default_host = HOSTS[str(options.get("region") or "us").lower()]

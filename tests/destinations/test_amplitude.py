@@ -61,6 +61,8 @@ def ours(sink, bodies) -> list[dict]:
     finally:
         dest.close()
     (request,) = sink.requests
+    # Deliberate: gzipped, which HTTP V2 takes (the SDK sends plain JSON).
+    assert request.headers["Content-Encoding"] == "gzip"
     payload = body(request)
     assert payload["api_key"] == KEY
     return payload["events"]
