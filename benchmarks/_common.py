@@ -3,14 +3,15 @@ key clean-up, resident memory, and table printing.
 
 Run as a script (``python benchmarks/_common.py serve``) it is the sink: a tiny asyncio
 HTTP/1.1 server that answers every POST with 200 and counts requests, bytes and messages
-(occurrences of ``"messageId"``). It runs in a separate process so its CPU never counts
-against the client being measured; ``GET /stats`` reports the counts, ``POST /reset``
-zeroes them.
+(occurrences of ``"messageId"``, in gzip bodies once decompressed). It runs in a separate
+process so its CPU never counts against the client being measured; ``GET /stats``
+reports the counts, ``POST /reset`` zeroes them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import socket
@@ -42,6 +43,7 @@ class _SinkProtocol(asyncio.Protocol):
         self.buf = bytearray()
         self.request_line: list[bytes] = []
         self.need = -1  # bytes the current request takes in the buffer; -1: head not parsed
+        self.gzipped = False
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -58,11 +60,14 @@ class _SinkProtocol(asyncio.Protocol):
                     stop = head.find(b"\r\n", at + 2)
                     length = int(head[at + 17 : stop if stop > 0 else None])
                 self.request_line = head.split(b" ", 2)
+                self.gzipped = b"\r\ncontent-encoding: gzip" in head
                 self.body_at = end + 4
                 self.need = end + 4 + length
             if len(buf) < self.need:
                 return
             body = bytes(buf[self.body_at : self.need])
+            if self.gzipped:
+                body = gzip.decompress(body)
             del buf[: self.need]
             self.need = -1
             self.respond(self.request_line, body)

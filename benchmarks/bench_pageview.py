@@ -321,15 +321,12 @@ def run_asgi(app, n: int) -> None:
 
 
 def wait_producer_idle(timeout: float = 5.0) -> None:
-    """Until the producer thread has pushed everything and gone back to waiting."""
+    """Until the producer has pushed everything (``drain`` waits for a push in flight)."""
     import segment_mw
 
     producer = segment_mw.get_client().producer
-    producer.drain()
-    deadline = time.monotonic() + timeout
-    # _idle is the writer thread's own flag: a chunk it popped may still be in flight.
-    while (producer.buffered or not producer._idle) and time.monotonic() < deadline:
-        time.sleep(0.0005)
+    if not producer.drain(timeout, kick=False):
+        raise RuntimeError(f"{producer.buffered} message(s) still buffered")
 
 
 def settle(kind: str) -> None:

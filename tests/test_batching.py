@@ -68,6 +68,30 @@ def test_empty_input_makes_no_batch() -> None:
     assert list(batches([], MAX_EVENTS, MAX_BYTES, 64)) == []
 
 
+def greedy(sizes: list[int], max_events: int, max_bytes: int, overhead: int) -> list[int]:
+    """The rule stated plainly: add records while both limits hold; lengths of the batches."""
+    out: list[int] = []
+    count, size = 0, overhead
+    for n in sizes:
+        if count and (count >= max_events or size + n + 1 > max_bytes):
+            out.append(count)
+            count, size = 0, overhead
+        count, size = count + 1, size + n + 1
+    return [*out, count] if count else out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_batches_cut_where_the_plain_rule_cuts(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    sizes = [rng.choice([rng.randint(1, 400), rng.randint(400, 3000)]) for _ in range(3000)]
+    max_events, max_bytes = rng.randint(1, 300), rng.randint(1024, 60_000)
+    out = list(batches(records(sizes), max_events, max_bytes, 64))
+    assert [len(b) for b in out] == greedy(sizes, max_events, max_bytes, 64)
+    assert [r.id for b in out for r in b] == [str(i) for i in range(len(sizes))]
+
+
 @pytest.mark.parametrize(
     "dest",
     [

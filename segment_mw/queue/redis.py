@@ -13,7 +13,6 @@ XPENDING IDLE are 6.2), and a ``maxmemory-policy`` that can evict our keys is wa
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 
 # Imported now, not lazily by the first connect's getaddrinfo in the producer's thread,
 # where each file read waits for the GIL a busy web process rarely gives up.
@@ -24,7 +23,6 @@ import logging
 import os
 import threading
 import time
-import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -78,47 +76,6 @@ else:
 
 def _raw_reply(response: Any, **options: Any) -> Any:
     return response
-
-
-def _record_factory() -> Callable[[str, bytes, bytes | None, str | None, float, int], Record]:
-    """``Record(...)`` at half the cost, for reads of thousands of messages.
-
-    A frozen dataclass's ``__init__`` sets every field through ``object.__setattr__``;
-    filling the slots directly builds the same (equal, hashable, frozen) object.
-    """
-    names = ("id", "body", "integrations", "only", "enqueued_at", "attempts")
-    slots = [vars(Record).get(name) for name in names]
-    if [f.name for f in dataclasses.fields(Record)] != list(names) or not all(
-        isinstance(slot, types.MemberDescriptorType) for slot in slots
-    ):
-        return Record
-    new = object.__new__
-    set_id, set_body, set_integrations, set_only, set_enqueued, set_attempts = (
-        s.__set__  # type: ignore[union-attr]
-        for s in slots
-    )
-
-    def new_record(
-        id: str,
-        body: bytes,
-        integrations: bytes | None,
-        only: str | None,
-        enqueued_at: float,
-        attempts: int,
-    ) -> Record:
-        record: Record = new(Record)
-        set_id(record, id)
-        set_body(record, body)
-        set_integrations(record, integrations)
-        set_only(record, only)
-        set_enqueued(record, enqueued_at)
-        set_attempts(record, attempts)
-        return record
-
-    return new_record
-
-
-_new_record = _record_factory()
 
 
 # How to turn CLIENT SETINFO off: redis-py 7+ takes driver_info, older ones lib_name/version.
@@ -608,7 +565,7 @@ class RedisQueue(Queue):
                 if only is not None:
                     only = only.decode()
             records.append(
-                _new_record(rid, body, integrations, only, int(rid[: rid.index("-")]) / 1000.0, 0)
+                Record(rid, body, integrations, only, int(rid[: rid.index("-")]) / 1000.0, 0)
             )
         return records, gone
 
@@ -658,7 +615,7 @@ class RedisQueue(Queue):
             named = dict(zip(fields[::2], fields[1::2], strict=False))
             only = named.get(b"o")
             records.append(
-                _new_record(
+                Record(
                     rid,
                     named[b"e"],
                     named.get(b"i"),

@@ -73,12 +73,15 @@ def emit(n):
                      durable=False) for i in range(n)]
 
 ids = emit(1)  # pushed at once, and a flush requested
-deadline = time.monotonic() + 10
-while client.producer.buffered and time.monotonic() < deadline:
+broker_client = redis.Redis.from_url(broker)
+deadline = time.monotonic() + 30
+# The flush request is sent after the push: wait for the task itself, not the buffer.
+while not broker_client.llen(queue_name) and time.monotonic() < deadline:
     time.sleep(0.01)
-# That flush ran: it freed the kick, and its task left the broker.
+assert not client.producer.buffered and broker_client.llen(queue_name) == 1
+# As if that flush ran: it frees the kick, and its task leaves the broker.
+broker_client.delete(queue_name)
 client.queue.release("kick")
-redis.Redis.from_url(broker).delete(queue_name)
 ids += emit(20)  # held in memory: gathered for BUFFER_MAX_DELAY
 print(json.dumps({"ids": ids, "buffered": client.producer.buffered}))
 """
