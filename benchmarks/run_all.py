@@ -27,6 +27,7 @@ SCRIPTS = {
     "bench_tracked.py": ([], ["--quick"]),
     "bench_latency.py": ([], ["--quick"]),
     "bench_servers.py": ([], ["--quick"]),
+    "bench_tools.py": ([], ["--events", "2000", "--runs", "1"]),
 }
 
 

@@ -19,7 +19,15 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from .bots import is_bot
 from .cache import memoize
 from .config import Settings
-from .identity import ANONYMOUS_ID_COOKIE, cookie_user_id, new_anonymous_id, parse_id_cookie
+from .identity import (
+    ANONYMOUS_ID_COOKIE,
+    GA_COOKIE,
+    cookie_user_id,
+    ga_client_id,
+    ga_session_ids,
+    new_anonymous_id,
+    parse_id_cookie,
+)
 from .request_context import HINT_HEADERS, Facts, bounded_list_header
 from .scope import Scope, UserSource
 
@@ -244,6 +252,15 @@ def capture(
             for name in HINT_HEADERS
             if (value := headers.get(name)) is not None
         }
+    # The browser's GA4 ids, from its cookies (cookies are never queued): they become
+    # context.googleAnalytics, so that a server-side event joins the browser's session.
+    client_id = ga_client_id(info.cookies.get(GA_COOKIE))
+    if client_id is not None:
+        google: dict[str, Any] = {"clientId": client_id}
+        sessions = ga_session_ids(info.cookies)
+        if sessions:
+            google["sessionIds"] = sessions
+        facts["ga"] = google
 
     opted_out = is_opted_out(info, settings)
     anonymous_id = parse_id_cookie(info.cookies.get(ANONYMOUS_ID_COOKIE))

@@ -17,9 +17,14 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 
-DESTINATION_TYPES = ("segment", "http", "jsonl", "log", "postgres")
+TOOL_TYPES = ("ga4", "mixpanel", "amplitude", "posthog")
+DESTINATION_TYPES = ("segment", "http", "jsonl", "log", "postgres", *TOOL_TYPES)
 # A postgres ``dsn`` may hold a password, as a URI's user-info or as ``password=...``.
-SECRET_OPTIONS = frozenset({"write_key", "headers", "password", "token", "dsn"})
+SECRET_OPTIONS = frozenset(
+    {"write_key", "headers", "password", "token", "dsn", "api_secret", "api_key", "secret"}
+)
+# GA4 back-dates events by 72 hours at most (Measurement Protocol reference).
+GA4_MAX_AGE = 72 * 3600.0
 DEFAULT_SEGMENT_HOST = "https://api.segment.io"
 DEFAULT_TIMEOUT = 10.0
 # CLAIM_IDLE must be this many times the longest destination timeout: a batch being sent
@@ -330,9 +335,11 @@ def _destinations(
                 ) from None
         if kind == "postgres":
             _check_postgres(key, opts)
-        if kind in ("segment", "http", "postgres"):
+        if kind in TOOL_TYPES:
+            _check_tool(key, kind, opts)
+        if kind in ("segment", "http", "postgres", *TOOL_TYPES):
             _fit_timeout(key, opts, "timeout" in options, claim_idle)
-        if kind in ("segment", "http"):
+        if kind in ("segment", "http") or (kind in TOOL_TYPES and opts.get("host")):
             scheme = urlsplit(str(opts.get("host") or opts.get("url"))).scheme
             if scheme not in ("http", "https"):
                 raise ConfigurationError(f"{key}: the URL must start with http:// or https://")
@@ -340,6 +347,77 @@ def _destinations(
                 raise ConfigurationError(f"{key}.headers: expected a mapping")
         out.append(DestinationConfig(name=name, type=kind, options=opts))
     return tuple(out)
+
+
+_MEASUREMENT_ID = re.compile(r"G-[A-Z0-9]{4,20}", re.ASCII)
+_TOOL_OPTIONS = {
+    "ga4": {"measurement_id", "api_secret"},
+    "mixpanel": {"token", "service_account", "secret", "project_id"},
+    "amplitude": {"api_key", "region", "min_id_length", "group_type"},
+    "posthog": {"api_key", "group_type"},
+}
+_COMMON_TOOL_OPTIONS = {"host", "timeout", "gzip", "max_age"}
+
+
+def _check_tool(key: str, kind: str, opts: dict[str, Any]) -> None:
+    """The options of an analytics tool's destination: credentials present, names known."""
+    known = _TOOL_OPTIONS[kind] | _COMMON_TOOL_OPTIONS
+    unknown = sorted(str(k) for k in opts if k not in known)
+    if unknown:
+        raise ConfigurationError(
+            f"{key}: unknown option(s) {', '.join(unknown)} for a {kind} destination; "
+            f"known: {', '.join(sorted(known))}"
+        )
+
+    def text(name: str, what: str) -> None:
+        if not isinstance(opts.get(name), str) or not opts[name].strip():
+            raise ConfigurationError(f"{key}.{name}: a {kind} destination needs {what}")
+
+    if kind == "ga4":
+        text("measurement_id", "the stream's measurement id (G-XXXXXXXXXX)")
+        if not _MEASUREMENT_ID.fullmatch(opts["measurement_id"]):
+            raise ConfigurationError(
+                f"{key}.measurement_id: expected a GA4 measurement id such as G-ABC123DEF4, "
+                f"got {opts['measurement_id']!r}"
+            )
+        text("api_secret", "a Measurement Protocol API secret (Admin > Data Streams)")
+    elif kind == "mixpanel":
+        if opts.get("service_account") is not None:
+            text("service_account", "a service account user name")
+            text("secret", "the service account's secret")
+            project = opts.get("project_id")
+            if (
+                isinstance(project, bool)
+                or not isinstance(project, (int, str))
+                or not str(project).isdigit()
+            ):
+                raise ConfigurationError(
+                    f"{key}.project_id: a service account needs the numeric project id"
+                )
+        else:
+            text("token", "a project token, or service_account, secret and project_id")
+    else:
+        text("api_key", "the project's API key")
+    if kind == "amplitude":
+        region = opts.setdefault("region", "us")
+        if not isinstance(region, str) or region.lower() not in ("us", "eu"):
+            raise ConfigurationError(f"{key}.region: expected 'us' or 'eu', got {region!r}")
+        min_id = opts.get("min_id_length")
+        if min_id is not None and (
+            isinstance(min_id, bool) or not isinstance(min_id, int) or min_id < 1
+        ):
+            raise ConfigurationError(f"{key}.min_id_length: expected a positive whole number")
+    if "gzip" in opts and not isinstance(opts["gzip"], bool):
+        raise ConfigurationError(f"{key}.gzip: expected True or False")
+    max_age = opts.get("max_age")
+    if max_age is not None:
+        if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or not max_age > 0:
+            raise ConfigurationError(f"{key}.max_age: expected a positive number of seconds")
+        if kind == "ga4" and max_age > GA4_MAX_AGE:
+            raise ConfigurationError(
+                f"{key}.max_age: GA4 back-dates events by 72 hours at most "
+                f"({GA4_MAX_AGE:g} s); got {max_age:g}"
+            )
 
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}", re.ASCII)

@@ -23,7 +23,7 @@ from itertools import accumulate, groupby, repeat
 
 from . import events, metrics
 from .config import Settings
-from .destinations import Destination, make_destination
+from .destinations import Destination, Outcome, make_destination
 from .errors import InvalidEvent
 from .queue import Backoff, Lease, Queue, Record
 from .routing import Router
@@ -248,9 +248,7 @@ class Deliverer:
             )
         return held
 
-    def _completed(
-        self, name: str, records: Sequence[Record], report: FlushReport
-    ) -> Sequence[Record]:
+    def _completed(self, name: str, records: list[Record], report: FlushReport) -> list[Record]:
         """The records with their messages made whole (a request's events carry its facts).
 
         One that cannot be completed is dead-lettered alone, with the reason.
@@ -303,7 +301,6 @@ class Deliverer:
         """
         name, queue, settings = dest.name, self.queue, self.settings
         ack = acks.ack if acks is not None else queue.ack
-        records = self._completed(name, records, report)
         mine: list[Record] = []
         skipped: list[str] = []
         for record in records:
@@ -321,12 +318,13 @@ class Deliverer:
                 skipped.append(record.id)
         if skipped:
             ack(name, skipped)
+        mine = self._completed(name, mine, report)  # only what this destination is sent
+        max_events = min(settings.batch_max_events, dest.max_events or settings.batch_max_events)
+        max_bytes = min(settings.batch_max_bytes, dest.max_bytes or settings.batch_max_bytes)
         todo = [
             batch
             for run in _same_attempts(mine)
-            for batch in batches(
-                run, settings.batch_max_events, settings.batch_max_bytes, dest.overhead
-            )
+            for batch in batches(run, max_events, max_bytes, dest.overhead)
         ]
         while todo:
             if lease is not None and not lease.keep():
@@ -361,12 +359,17 @@ class Deliverer:
                         outcome.refused[0][1],
                     )
                     report.dead += len(outcome.refused)
-                    bad = {index for index, _ in outcome.refused}
-                    batch = [r for i, r in enumerate(batch) if i not in bad]
-                if batch:
-                    ack(name, [r.id for r in batch], delivered=len(batch))
-                report.delivered += len(batch)
-                continue
+                pending = set(outcome.pending)
+                bad = {index for index, _ in outcome.refused} | pending
+                done = [r for i, r in enumerate(batch) if i not in bad]
+                if done:
+                    ack(name, [r.id for r in done], delivered=len(done))
+                report.delivered += len(done)
+                if not pending:
+                    continue
+                # The rest failed for a passing reason: retried alone, as a failed batch.
+                batch = [r for i, r in enumerate(batch) if i in pending]
+                outcome = Outcome.transient(outcome.error or "not delivered", outcome.retry_after)
             error = outcome.error or "unknown error"
             if not outcome.retry:
                 if outcome.split and len(batch) > 1:

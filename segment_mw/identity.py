@@ -29,6 +29,18 @@ from .scope import Scope, as_user_id
 
 ANONYMOUS_ID_COOKIE = "ajs_anonymous_id"
 USER_ID_COOKIE = "ajs_user_id"
+# gtag.js's cookie: GA1.<domain depth>.<random>.<first visit>. Its last two numbers are
+# the browser's GA4 client id, recorded as context.googleAnalytics.clientId so that a
+# server-side event (a purchase) joins the browser's GA4 session.
+GA_COOKIE = "_ga"
+GA_CLIENT_ID = re.compile(r"[0-9]{1,20}\.[0-9]{1,20}", re.ASCII)
+# gtag.js's per-stream cookie _ga_<stream> holds the current session's id: GS1.1.<id>.…
+# (older) or GS2.1.s<id>$o…$g… (current). Recorded as context.googleAnalytics.sessionIds,
+# by stream, so that the event joins the browser's session, not just its user.
+GA_SESSION_PREFIX = "_ga_"
+GA_STREAM = re.compile(r"[A-Z0-9]{4,20}", re.ASCII)
+GA_SESSION_ID = re.compile(r"[0-9]{1,20}", re.ASCII)
+GA_MAX_STREAMS = 4
 COOKIE_MAX_AGE = 365 * 24 * 3600
 MAX_ID_LENGTH = 100
 _ID_OK = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: what an id can be
@@ -131,6 +143,38 @@ def parse_id_cookie(raw: str | None) -> str | None:
     if value in ("null", "undefined"):
         return None
     return value
+
+
+def ga_client_id(raw: str | None) -> str | None:
+    """The GA4 client id in a ``_ga`` cookie (``GA1.1.1234567890.1700000000``), if valid."""
+    if not raw or len(raw) > 64:
+        return None
+    parts = raw.strip().split(".")
+    if len(parts) != 4 or not parts[0].startswith("GA"):
+        return None
+    client_id = f"{parts[2]}.{parts[3]}"
+    return client_id if GA_CLIENT_ID.fullmatch(client_id) else None
+
+
+def ga_session_ids(cookies: Mapping[str, str]) -> dict[str, str]:
+    """The GA4 session id of each stream whose ``_ga_<stream>`` cookie the request had."""
+    found: dict[str, str] = {}
+    for name, raw in cookies.items():
+        if not name.startswith(GA_SESSION_PREFIX) or len(found) >= GA_MAX_STREAMS:
+            continue
+        stream = name[len(GA_SESSION_PREFIX) :]
+        parts = raw.strip().split(".") if raw and len(raw) <= 200 else []
+        if not GA_STREAM.fullmatch(stream) or len(parts) < 3:
+            continue
+        if parts[0] == "GS1":
+            session = parts[2]
+        elif parts[0] == "GS2" and parts[2].startswith("s"):
+            session = parts[2][1:].split("$", 1)[0]
+        else:
+            continue
+        if GA_SESSION_ID.fullmatch(session):
+            found[stream] = session
+    return found
 
 
 def cookie_user_id(cookies: Mapping[str, str], settings: Settings) -> str | None:

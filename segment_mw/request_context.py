@@ -11,7 +11,8 @@ for it. Facts are a plain JSON-ready dict:
 
 ``scheme``, ``host``, ``path``, ``query`` (scrubbed), ``referrer`` (scrubbed), ``title``,
 and when known ``ip``, ``ua`` (User-Agent), ``lang`` (Accept-Language), ``hints`` (the
-``Sec-CH-UA*`` headers sent, by lower-case name).
+``Sec-CH-UA*`` headers sent, by lower-case name), ``ga`` (the browser's GA4 client and
+session ids, from its ``_ga`` cookies: ``context.googleAnalytics``).
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ def context_from(facts: Mapping[str, Any]) -> dict[str, Any]:
     campaign = campaign_from(query)
     if campaign:
         context["campaign"] = campaign
+    google = facts.get("ga")
+    if google:
+        context["googleAnalytics"] = google
     return context
 
 

@@ -18,7 +18,7 @@ class Received:
     path: str
     headers: dict[str, str]
     raw: bytes  # the body as it arrived (maybe gzipped)
-    body: dict[str, Any]  # parsed JSON
+    body: Any  # parsed JSON (an object for Segment's batches; {} when not JSON)
     at: float
 
 
@@ -40,6 +40,7 @@ class Sink:
         self.attempts: list[Received] = []  # every request, failed ones included
         self.reject_when: Any = None  # callable(event) -> bool: answer 400 for such batches
         self.delay = 0.0  # seconds every accepted batch takes to be answered (a slow host)
+        self.answer = b'{"success": true}'  # the body of a success (tools' SDKs read theirs)
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
 
@@ -52,7 +53,12 @@ class Sink:
     @property
     def events(self) -> list[dict[str, Any]]:
         with self.lock:
-            return [e for r in self.requests for e in r.body.get("batch", [])]
+            return [
+                e
+                for r in self.requests
+                if isinstance(r.body, dict)
+                for e in r.body.get("batch", [])
+            ]
 
     def fail(
         self,
@@ -103,8 +109,10 @@ class Sink:
                         failure.times -= 1
                         if failure.times <= 0:
                             sink.failures.pop(0)
-                    rejected = sink.reject_when is not None and any(
-                        sink.reject_when(e) for e in body.get("batch", [])
+                    rejected = (
+                        sink.reject_when is not None
+                        and isinstance(body, dict)
+                        and any(sink.reject_when(e) for e in body.get("batch", []))
                     )
                 if failure is not None:
                     if failure.delay:
@@ -116,10 +124,10 @@ class Sink:
                     return
                 with sink.lock:
                     sink.requests.append(received)
-                    delay = sink.delay
+                    delay, answer = sink.delay, sink.answer
                 if delay:
                     time.sleep(delay)
-                self._answer(200, b'{"success": true}', {})
+                self._answer(200, answer, {})
 
             def _answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
                 try:
@@ -143,7 +151,7 @@ def running_sink(port: int = 0) -> Iterator[Sink]:
     server = ThreadingHTTPServer(("127.0.0.1", port), sink.handler())
     server.daemon_threads = True
     sink.server = server
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield sink

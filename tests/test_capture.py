@@ -25,3 +25,33 @@ def test_user_agents_no_browser_sends_are_bots_without_matching():
     assert bots.is_bot(BROWSER + " x" * 300) is True
     assert bots.is_bot("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)")
     assert bots.is_bot(BROWSER) is False
+
+
+def test_the_ga_cookie_gives_the_browsers_ga4_client_id():
+    settings = load_settings({}, environ={})
+    info = RequestInfo(
+        "GET", "https", "shop.example", "/", cookies={"_ga": "GA1.1.1234567890.1700000000"}
+    )
+    context = capture(info, settings).scope.context
+    assert context["googleAnalytics"] == {"clientId": "1234567890.1700000000"}
+
+
+def test_a_malformed_ga_cookie_is_ignored():
+    settings = load_settings({}, environ={})
+    for raw in ("GA1.1.abc.1700000000", "GA1.1.1.2.3", "x" * 500, "GA1.1.1234567890", ""):
+        info = RequestInfo("GET", "https", "shop.example", "/", cookies={"_ga": raw})
+        assert "googleAnalytics" not in capture(info, settings).scope.context, raw
+
+
+def test_the_streams_session_cookies_give_the_ga4_session_ids():
+    settings = load_settings({}, environ={})
+    cookies = {
+        "_ga": "GA1.1.1234567890.1700000000",
+        "_ga_ABC123DEF4": "GS2.1.s1700000500$o3$g1$t1700000600$j0$l0$h0",
+        "_ga_OLDSTREAM1": "GS1.1.1700000400.2.1.1700000450.0.0.0",
+        "_ga_bad": "GS1.1.1.1",
+        "_ga_NOTNUMBER": "GS1.1.abc.1",
+    }
+    info = RequestInfo("GET", "https", "shop.example", "/", cookies=cookies)
+    google = capture(info, settings).scope.context["googleAnalytics"]
+    assert google["sessionIds"] == {"ABC123DEF4": "1700000500", "OLDSTREAM1": "1700000400"}

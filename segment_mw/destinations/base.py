@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,15 +19,36 @@ class Outcome:
     error: str | None = None
     #: with ``ok``: positions in the batch refused for good, and why; the rest was delivered
     refused: tuple[tuple[int, str], ...] = ()
+    #: with ``ok``: positions not delivered yet, to be retried after a back-off (``error``
+    #: and ``retry_after`` say why and when), as for a transient failure of just those
+    pending: tuple[int, ...] = ()
 
     @classmethod
     def success(cls) -> Outcome:
         return cls(ok=True)
 
     @classmethod
-    def partial(cls, refused: Mapping[int, str]) -> Outcome:
-        """Delivered, except the messages at these positions: those can never be."""
-        return cls(ok=True, refused=tuple(sorted(refused.items())))
+    def partial(
+        cls,
+        refused: Mapping[int, str],
+        pending: Iterable[int] = (),
+        *,
+        error: str | None = None,
+        retry_after: float | None = None,
+    ) -> Outcome:
+        """Delivered, except the messages at these positions.
+
+        The ``refused`` can never be (they are dead-lettered); the ``pending`` failed for
+        a passing reason (``error``) and are retried after a back-off, alone: what was
+        delivered beside them is not sent again.
+        """
+        return cls(
+            ok=True,
+            refused=tuple(sorted(refused.items())),
+            pending=tuple(sorted(set(pending))),
+            error=error,
+            retry_after=retry_after,
+        )
 
     @classmethod
     def transient(cls, error: str, retry_after: float | None = None) -> Outcome:
@@ -42,6 +63,10 @@ class Destination(abc.ABC):
     type: str = ""
     #: bytes a request adds around the joined messages (for the batch size limit)
     overhead: int = 0
+    #: the most messages, and stored bytes, one ``send`` may be handed (the API's own
+    #: limits); None: the BATCH_MAX_EVENTS / BATCH_MAX_BYTES settings alone decide
+    max_events: int | None = None
+    max_bytes: int | None = None
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         self.name = name

@@ -1,8 +1,9 @@
-"""Batch delivery over HTTP: Segment's Tracking API and JSON webhooks.
+"""Batch delivery over HTTP: the shared transport, Segment's Tracking API and JSON webhooks.
 
-Bodies are joined from the stored bytes — nothing is parsed — and ``sentAt`` is stamped
-as each request leaves. Connections are pooled and kept alive per process; responses are
-classified by Segment's retry rules (SPEC §5).
+:class:`Transport` is what every HTTP destination (these and the analytics tools') uses:
+connections pooled and kept alive per process, bounded timeouts, gzip, and answers
+classified by Segment's retry rules (SPEC §5). Segment and webhook bodies are joined from
+the stored bytes — nothing is parsed — and ``sentAt`` is stamped as each request leaves.
 """
 
 from __future__ import annotations
@@ -58,23 +59,14 @@ def sent_at() -> bytes:
     return now.isoformat(timespec="milliseconds").encode()
 
 
-class HttpBatchDestination(Destination):
-    """POSTs ``{"batch": [...], "sentAt": ...}`` to a URL."""
+class Transport:
+    """What every HTTP destination shares: a pooled, fork-safe urllib3 manager with
+    bounded timeouts, optional gzip, and answers put into words without the secrets."""
 
-    type = "http"
-    overhead = 64
-
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        super().__init__(name, options)
-        self.url = str(options["url"])
-        self.timeout = float(options.get("timeout", 10.0))
-        self.gzip = bool(options.get("gzip", False))
-        self.headers: dict[str, str] = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-        }
-        self.headers.update({str(k): str(v) for k, v in (options.get("headers") or {}).items()})
-        self._secrets = [v for k, v in self.headers.items() if k.lower() == "authorization"]
+    def __init__(self, name: str, timeout: float, secrets: Sequence[str] = ()) -> None:
+        self.name = name
+        self.timeout = timeout
+        self.secrets = [s for s in secrets if s]
         self._pool: forks.ProcessLocal[urllib3.PoolManager] = forks.ProcessLocal(self._new_pool)
 
     def _new_pool(self) -> urllib3.PoolManager:
@@ -92,6 +84,86 @@ class HttpBatchDestination(Destination):
     def pool(self) -> urllib3.PoolManager:
         return self._pool.get()
 
+    def post(
+        self,
+        url: str,
+        payload: bytes,
+        headers: Mapping[str, str],
+        *,
+        compress: bool = False,
+        attempt: int = 0,
+    ) -> urllib3.BaseHTTPResponse | Outcome:
+        """The answer to one POST, or a transient Outcome when none came."""
+        sent = dict(headers)
+        if compress:
+            payload = gzip.compress(payload, compresslevel=5)
+            sent["Content-Encoding"] = "gzip"
+        if attempt:
+            sent["X-Retry-Count"] = str(attempt)
+        try:
+            return self.pool.request("POST", url, body=payload, headers=sent, preload_content=True)
+        except urllib3.exceptions.HTTPError as exc:
+            reason = type(exc).__name__
+            if isinstance(exc, urllib3.exceptions.TimeoutError):
+                reason = f"timeout after {self.timeout:g}s"
+            return Outcome.transient(f"{reason} posting to {self.name}")
+
+    def scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def error(self, response: urllib3.BaseHTTPResponse) -> str:
+        """``HTTP 400: <the start of the answer>``, secrets hidden."""
+        detail = self.scrub(response.data[:300].decode("utf-8", "replace").strip())
+        return f"HTTP {response.status}" + (f": {detail}" if detail else "")
+
+    def outcome(self, response: urllib3.BaseHTTPResponse) -> Outcome:
+        """An answer classified by the shared rules: 2xx delivered, retryable statuses
+        retried (``Retry-After`` honoured), 400 and 413 split to isolate the bad message."""
+        status = response.status
+        if 200 <= status < 300:
+            return Outcome.success()
+        error = self.error(response)
+        if is_retryable(status):
+            return Outcome.transient(error, parse_retry_after(response.headers.get("Retry-After")))
+        return Outcome.rejected(error, split=status in (400, 413))
+
+    def close(self) -> None:
+        pool = self._pool.reset()
+        if pool is not None:
+            pool.clear()
+
+
+def base_url(options: Mapping[str, Any], default: str) -> str:
+    """A destination's ``host`` option (a regional endpoint, a proxy, a test server)."""
+    return str(options.get("host") or default).rstrip("/")
+
+
+class HttpBatchDestination(Destination):
+    """POSTs ``{"batch": [...], "sentAt": ...}`` to a URL."""
+
+    type = "http"
+    overhead = 64
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        super().__init__(name, options)
+        self.url = str(options["url"])
+        self.timeout = float(options.get("timeout", 10.0))
+        self.gzip = bool(options.get("gzip", False))
+        self.headers: dict[str, str] = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        self.headers.update({str(k): str(v) for k, v in (options.get("headers") or {}).items()})
+        self.transport = Transport(
+            name, self.timeout, [v for k, v in self.headers.items() if k.lower() == "authorization"]
+        )
+
+    @property
+    def pool(self) -> urllib3.PoolManager:
+        return self.transport.pool
+
     def extra_fields(self) -> bytes:
         return b""
 
@@ -108,42 +180,16 @@ class HttpBatchDestination(Destination):
             )
         )
 
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret:
-                text = text.replace(secret, "***")
-        return text
-
     def send(self, bodies: Sequence[bytes], *, attempt: int = 0) -> Outcome:
-        payload = self.body(bodies)
-        headers = dict(self.headers)
-        if self.gzip:
-            payload = gzip.compress(payload, compresslevel=5)
-            headers["Content-Encoding"] = "gzip"
-        if attempt:
-            headers["X-Retry-Count"] = str(attempt)
-        try:
-            response = self.pool.request(
-                "POST", self.url, body=payload, headers=headers, preload_content=True
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            reason = type(exc).__name__
-            if isinstance(exc, urllib3.exceptions.TimeoutError):
-                reason = f"timeout after {self.timeout:g}s"
-            return Outcome.transient(f"{reason} posting to {self.name}")
-        status = response.status
-        if 200 <= status < 300:
-            return Outcome.success()
-        detail = self._scrub(response.data[:300].decode("utf-8", "replace").strip())
-        error = f"HTTP {status}" + (f": {detail}" if detail else "")
-        if is_retryable(status):
-            return Outcome.transient(error, parse_retry_after(response.headers.get("Retry-After")))
-        return Outcome.rejected(error, split=status in (400, 413))
+        answer = self.transport.post(
+            self.url, self.body(bodies), self.headers, compress=self.gzip, attempt=attempt
+        )
+        if isinstance(answer, Outcome):
+            return answer
+        return self.transport.outcome(answer)
 
     def close(self) -> None:
-        pool = self._pool.reset()
-        if pool is not None:
-            pool.clear()
+        self.transport.close()
 
 
 class SegmentDestination(HttpBatchDestination):
@@ -152,13 +198,13 @@ class SegmentDestination(HttpBatchDestination):
     type = "segment"
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        host = str(options.get("host") or "https://api.segment.io").rstrip("/")
+        host = base_url(options, "https://api.segment.io")
         # Redacted: these options hold the write key, and a repr must never show it.
         super().__init__(name, _Redacted({**options, "url": f"{host}/v1/batch", "headers": {}}))
         write_key = str(options["write_key"])
         token = base64.b64encode(f"{write_key}:".encode()).decode()
         self.headers["Authorization"] = f"Basic {token}"
-        self._secrets = [write_key, token]
+        self.transport.secrets = [write_key, token]
         self._write_key_field = b',"writeKey":' + orjson.dumps(write_key)
         self.overhead = 64 + len(self._write_key_field)
 

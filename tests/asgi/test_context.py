@@ -253,3 +253,12 @@ def test_request_info_host_falls_back_to_the_server():
     scope["server"] = ("::1", 8000)
     scope["scheme"] = "http"
     assert request_info(scope).host == "[::1]:8000"
+
+
+def test_the_ga_cookies_give_the_browsers_ga4_client_and_session(segment_events):
+    cookie = "_ga=GA1.1.1234567890.1700000000; _ga_ABC123DEF4=GS1.1.1700000500.3.1.1700000600.0.0.0"
+    event = visit(segment_events, headers={"cookie": cookie})
+    assert event["context"]["googleAnalytics"] == {
+        "clientId": "1234567890.1700000000",
+        "sessionIds": {"ABC123DEF4": "1700000500"},
+    }

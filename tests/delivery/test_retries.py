@@ -60,11 +60,15 @@ def test_429_retry_after_is_shared_by_every_worker(
         ids = [segment_mw.track("Limited", {"n": 0}, user_id="u")]
         wait_until(lambda: sink.attempts, 10.0, "the first (rate-limited) attempt")
         limited_at = sink.attempts[0].at
-        # The back-off is stored in the queue, where every worker and the command line see it.
-        out = io.StringIO()
-        assert cli.main(["status", "--json"], client=client, stdout=out) == 0
-        backoff_until = json.loads(out.getvalue())["destinations"]["hook"]["backoff_until"]
-        assert backoff_until is not None
+
+        # The back-off is stored in the queue, where every worker and the command line see it
+        # (once the worker has read the answer: the sink records the attempt before it).
+        def stored_backoff() -> float | None:
+            out = io.StringIO()
+            assert cli.main(["status", "--json"], client=client, stdout=out) == 0
+            return json.loads(out.getvalue())["destinations"]["hook"]["backoff_until"]
+
+        backoff_until = wait_until(stored_backoff, 10.0, "the stored back-off")
         assert limited_at + retry_after - 0.5 <= backoff_until <= limited_at + retry_after + 5
         # Keep traffic coming while it backs off: both workers get flushes to run.
         while time.time() < limited_at + retry_after + 0.5:
