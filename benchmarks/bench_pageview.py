@@ -32,6 +32,8 @@ import time
 import uuid
 from urllib.parse import unquote
 
+import orjson
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (
@@ -317,6 +319,105 @@ def run_asgi(app, n: int) -> None:
     asyncio.run(_run_asgi(app, n))
 
 
+# -- the floor -----------------------------------------------------------------------------
+# The work a pageview truly needs, with no framework and no library layers: read the
+# headers and the cookie from the raw request, build the same event (the same context
+# fields as segment_mw's), serialise it once, hand it to a buffer; the buffer is then
+# pushed to Redis by pipelined XADDs (the settle step, timed too).
+
+floor_buffer: list[bytes] = []
+FLOOR_LIBRARY = {"name": "floor", "version": "0"}
+
+
+def floor_event(
+    headers: dict[str, str], scheme: str, path: str, query: str, ip: str | None
+) -> bytes:
+    anonymous_id = None
+    for part in headers.get("cookie", "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == "ajs_anonymous_id":
+            anonymous_id = unquote(value).strip('"')
+    search = f"?{query}" if query else ""
+    page = {
+        "path": path,
+        "referrer": headers.get("referer", ""),
+        "search": search,
+        "title": "",
+        "url": f"{scheme}://{headers.get('host', '')}{path}{search}",
+    }
+    context: dict = {"page": page, "ip": ip, "userAgent": headers.get("user-agent")}
+    brands = headers.get("sec-ch-ua")
+    if brands:
+        context["userAgentData"] = {
+            "brands": [
+                {"brand": b.split(";")[0].strip().strip('"'), "version": b.rsplit("=", 1)[-1]}
+                for b in brands.split(",")
+            ],
+            "mobile": headers.get("sec-ch-ua-mobile") == "?1",
+            "platform": headers.get("sec-ch-ua-platform", "").strip('"'),
+        }
+    context["locale"] = headers.get("accept-language", "").split(",")[0].split(";")[0]
+    campaign = {}
+    for part in query.split("&"):
+        if part.startswith("utm_"):
+            key, _, value = part.partition("=")
+            campaign["name" if key == "utm_campaign" else key[4:]] = value
+    context["campaign"] = campaign
+    context["library"] = FLOOR_LIBRARY
+    return orjson.dumps(
+        {
+            "type": "page",
+            "name": "product",
+            "properties": page,
+            "anonymousId": anonymous_id,
+            "messageId": str(uuid.uuid4()),
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+            "context": context,
+            "integrations": {},
+            "channel": "server",
+        }
+    )
+
+
+def floor_wsgi(_target, n: int) -> None:
+    base = BASE_ENVIRON
+    for _ in range(n):
+        environ = dict(base)
+        headers = {
+            key[5:].lower().replace("_", "-"): value
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        }
+        floor_buffer.append(
+            floor_event(
+                headers,
+                environ["wsgi.url_scheme"],
+                environ["PATH_INFO"],
+                environ["QUERY_STRING"],
+                environ["REMOTE_ADDR"],
+            )
+        )
+
+
+def floor_asgi(_target, n: int) -> None:
+    for _ in range(n):
+        scope = {"headers": list(ASGI_HEADERS), "client": (CLIENT_IP, 51234)}
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        floor_buffer.append(
+            floor_event(headers, "https", PATH, QUERY.encode().decode(), scope["client"][0])
+        )
+
+
+def settle_floor(stream: str) -> None:
+    client = redis_client()
+    for start in range(0, len(floor_buffer), 1000):
+        pipe = client.pipeline(transaction=False)  # type: ignore[attr-defined]
+        for body in floor_buffer[start : start + 1000]:
+            pipe.xadd(stream, {"e": body})
+        pipe.execute()
+    floor_buffer.clear()
+
+
 # -- timing ----------------------------------------------------------------------------
 
 
@@ -329,12 +430,17 @@ def wait_producer_idle(timeout: float = 5.0) -> None:
         raise RuntimeError(f"{producer.buffered} message(s) still buffered")
 
 
+FLOOR_STREAM = ""  # set in main(): the floor's stream, under this run's prefix
+
+
 def settle(kind: str) -> None:
     """Finish the work the requests left behind (included in the timing)."""
     if kind == "official":
         official_client.flush()
     elif kind == "ours":
         wait_producer_idle()
+    elif kind == "floor":
+        settle_floor(FLOOR_STREAM)
 
 
 def timed(run, target, kind: str, n: int) -> dict[str, float]:
@@ -351,14 +457,18 @@ def timed(run, target, kind: str, n: int) -> dict[str, float]:
     }
 
 
-def measure(variants, run, n: int, runs: int, warmup: int) -> dict[str, dict[str, float]]:
-    for kind, (_label, target) in variants.items():
-        run(target, warmup)
+def measure(
+    variants, run, n: int, runs: int, warmup: int, floor_run
+) -> dict[str, dict[str, float]]:
+    runners = {kind: run for kind in variants} | {"floor": floor_run}
+    targets = {kind: target for kind, (_label, target) in variants.items()} | {"floor": None}
+    for kind, target in targets.items():
+        runners[kind](target, warmup)
         settle(kind)
-    samples: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
+    samples: dict[str, list[dict[str, float]]] = {k: [] for k in targets}
     for _ in range(runs):
-        for kind, (_label, target) in variants.items():
-            samples[kind].append(timed(run, target, kind, n))
+        for kind, target in targets.items():
+            samples[kind].append(timed(runners[kind], target, kind, n))
     return {
         kind: {key: median([s[key] for s in rows]) for key in rows[0]}
         for kind, rows in samples.items()
@@ -397,6 +507,17 @@ def report(title: str, variants, results) -> bool:
             rows,
         )
     )
+    floor = results["floor"]
+    rows.append(
+        [
+            "floor: the same event, no framework, no layers",
+            floor["wall"],
+            "-",
+            floor["cpu"],
+            "-",
+            floor["settle"],
+        ]
+    )
     official_added = results["official"]["wall"] - bare["wall"]
     ours_added = results["ours"]["wall"] - bare["wall"]
     limit = official_added * TARGET_FRACTION
@@ -406,6 +527,11 @@ def report(title: str, variants, results) -> bool:
         f"({ours_added:.1f} µs vs limit {limit:.1f} µs = {official_added:.1f} / 2): "
         f"{'MET' if met else 'NOT MET'}"
         f" (ours/official = {ours_added / official_added:.2f})"
+    )
+    ours_cpu = results["ours"]["cpu"] - bare["cpu"]
+    print(
+        f"floor: segment_mw adds {ours_added / floor['wall']:.1f}x the floor's wall time, "
+        f"{ours_cpu / floor['cpu']:.1f}x its CPU (aim: <= 2x)"
     )
     return met
 
@@ -450,10 +576,12 @@ def main() -> None:
                 ),
             }
             stream = f"{prefix}:log"
+            global FLOOR_STREAM
+            FLOOR_STREAM = f"{prefix}:floor"
             django_met = None
             if not args.no_django:
                 sent_before = sink.stats()["events"]
-                results = measure(variants, run_wsgi, n, runs, warmup=500)
+                results = measure(variants, run_wsgi, n, runs, warmup=500, floor_run=floor_wsgi)
                 django_met = report("Django (WSGI handler called directly)", variants, results)
                 expected = 500 + n * runs
                 queued = redis.xlen(stream)
@@ -480,7 +608,7 @@ def main() -> None:
                     "ours": ("+ segment_mw.asgi.SegmentMiddleware (Redis)", SegmentMiddleware(app)),
                 }
                 before = redis.xlen(stream)
-                results = measure(variants, run_asgi, n, runs, warmup=500)
+                results = measure(variants, run_asgi, n, runs, warmup=500, floor_run=floor_asgi)
                 asgi_met = report("ASGI (Starlette called as an ASGI callable)", variants, results)
                 print(f"check: segment_mw queued {redis.xlen(stream) - before:,} page events")
             elif not asgi_available:

@@ -251,7 +251,8 @@ def _deferred(message: dict[str, Any], facts_json: bytes, with_page: bool) -> by
         return None
     message["context"] = _SLOT
     if with_page:
-        message["properties"] = orjson.Fragment(b"{\x00" + dumps(properties)[1:])
+        rest = dumps(properties)[1:] if properties else b"}"  # most pageviews add none
+        message["properties"] = orjson.Fragment(b"{\x00" + rest)
     try:
         body = dumps(message)
     finally:
