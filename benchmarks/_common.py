@@ -78,28 +78,25 @@ class _SinkProtocol(asyncio.Protocol):
             self.need = -1
             self.respond(self.request_line, body)
 
+    def reply_json(self, value: object) -> None:
+        data = json.dumps(value).encode()
+        self.transport.write(  # type: ignore[attr-defined]
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(data)).encode()
+            + b"\r\n\r\n"
+            + data
+        )
+
     def respond(self, request_line: list[bytes], body: bytes) -> None:
         method = request_line[0]
         path = request_line[1] if len(request_line) > 1 else b"/"
         stats = _SinkProtocol.stats
         if method == b"get" and path == b"/stats":
-            data = json.dumps(stats).encode()
-            self.transport.write(  # type: ignore[attr-defined]
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                + str(len(data)).encode()
-                + b"\r\n\r\n"
-                + data
-            )
+            self.reply_json(stats)
             return
         if method == b"get" and path == b"/delays":
-            data = json.dumps(_SinkProtocol.delays).encode()
+            self.reply_json(_SinkProtocol.delays)
             _SinkProtocol.delays = []
-            self.transport.write(  # type: ignore[attr-defined]
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                + str(len(data)).encode()
-                + b"\r\n\r\n"
-                + data
-            )
             return
         if method == b"post" and path == b"/reset":
             for key in stats:

@@ -19,7 +19,7 @@ from ..version import __version__
 from . import spec
 from .base import Outcome
 from .http import USER_AGENT, parse_retry_after
-from .mapped import MappedDestination, Refused, Skipped
+from .mapped import MappedDestination, Refused, Skipped, track_event
 
 HOSTS = {"us": "https://api2.amplitude.com", "eu": "https://api.eu.amplitude.com"}
 MAX_EVENTS = 2000
@@ -54,9 +54,7 @@ class AmplitudeDestination(MappedDestination[dict[str, Any]]):
         event: dict[str, Any] = {}
         user_properties: dict[str, Any] = {}
         if kind == "track":
-            name = message.get("event")
-            if not isinstance(name, str) or not name:
-                raise Refused("a track call with no event name")
+            name = track_event(message)
             props = spec.properties(message)
             event.update(event_type=name, event_properties=props)
             revenue = spec.number(props.get("revenue"))

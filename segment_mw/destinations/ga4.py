@@ -26,7 +26,7 @@ from ..identity import GA_CLIENT_ID, GA_SESSION_ID
 from . import spec
 from .base import Outcome
 from .http import USER_AGENT, is_retryable, parse_retry_after
-from .mapped import MappedDestination, Refused, Skipped
+from .mapped import MappedDestination, Refused, Skipped, track_event
 
 DEFAULT_HOST = "https://www.google-analytics.com"
 MAX_EVENTS = 25
@@ -282,9 +282,7 @@ class GA4Destination(MappedDestination[Ga4Event]):
         return found if isinstance(found, str) and GA_CLIENT_ID.fullmatch(found) else None
 
     def _track(self, message: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-        raw = message.get("event")
-        if not isinstance(raw, str) or not raw:
-            raise Refused("a track call with no event name")
+        raw = track_event(message)
         props = spec.properties(message)
         known = ECOMMERCE.get(raw)
         if known is None:

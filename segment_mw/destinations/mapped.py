@@ -35,6 +35,14 @@ class Refused(Exception):
     """This message can never be delivered to the tool; the text says why."""
 
 
+def track_event(message: Mapping[str, Any]) -> str:
+    """A ``track`` call's event name; :class:`Refused` when it has none."""
+    event = message.get("event")
+    if not isinstance(event, str) or not event:
+        raise Refused("a track call with no event name")
+    return event
+
+
 class MappedDestination(Destination, Generic[T], abc.ABC):
     #: the tool's public endpoint, used when no ``host`` option is given
     default_host = ""

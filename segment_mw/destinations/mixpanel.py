@@ -23,7 +23,7 @@ from ..version import __version__
 from . import spec
 from .base import Outcome
 from .http import USER_AGENT
-from .mapped import MappedDestination, Refused, Skipped
+from .mapped import MappedDestination, Refused, Skipped, track_event
 
 DEFAULT_HOST = "https://api.mixpanel.com"
 MAX_EVENTS = 2000
@@ -97,9 +97,7 @@ class MixpanelDestination(MappedDestination[list[tuple[str, bytes]]]):
         user_id, anonymous_id = spec.ids(message)
         props: dict[str, Any]
         if kind == "track":
-            event = message.get("event")
-            if not isinstance(event, str) or not event:
-                raise Refused("a track call with no event name")
+            event = track_event(message)
             props = dict(spec.properties(message))
         elif kind in ("page", "screen"):
             event = spec.page_event_name(message)

@@ -19,7 +19,7 @@ from ..version import __version__
 from . import spec
 from .base import Outcome
 from .http import USER_AGENT
-from .mapped import MappedDestination, Refused, Skipped
+from .mapped import MappedDestination, Refused, Skipped, track_event
 
 DEFAULT_HOST = "https://us.i.posthog.com"
 DEFAULT_GROUP_TYPE = "company"
@@ -47,9 +47,7 @@ class PostHogDestination(MappedDestination[bytes]):
             raise Refused("no userId or anonymousId for PostHog's distinct_id")
         props: dict[str, Any]
         if kind == "track":
-            event = message.get("event")
-            if not isinstance(event, str) or not event:
-                raise Refused("a track call with no event name")
+            event = track_event(message)
             props = dict(spec.properties(message))
         elif kind in ("page", "screen"):
             props = dict(spec.properties(message))

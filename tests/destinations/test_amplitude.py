@@ -9,10 +9,9 @@ from amplitude import Amplitude, BaseEvent, Config, EventOptions, Identify
 
 from segment_mw import events
 from segment_mw.config import load_settings
-from segment_mw.destinations import Outcome
 from segment_mw.errors import ConfigurationError
 
-from .tools import CONTEXT, WHEN, body, make, stored, track
+from .tools import CONTEXT, WHEN, body, make, send_one_request, stored, track
 
 KEY = "amplitude-api-key-value"
 ORDER = {"order_id": "o-1", "revenue": 42.5, "currency": "EUR"}
@@ -55,12 +54,7 @@ def sdk_events(sink, calls) -> dict:
 
 
 def ours(sink, bodies) -> list[dict]:
-    dest = make("amplitude", sink.url, api_key=KEY)
-    try:
-        assert dest.send(bodies) == Outcome.partial({})
-    finally:
-        dest.close()
-    (request,) = sink.requests
+    request = send_one_request("amplitude", sink, bodies, api_key=KEY)
     # Deliberate: gzipped, which HTTP V2 takes (the SDK sends plain JSON).
     assert request.headers["Content-Encoding"] == "gzip"
     payload = body(request)

@@ -13,7 +13,7 @@ from segment_mw.config import load_settings
 from segment_mw.destinations import Outcome
 from segment_mw.errors import ConfigurationError
 
-from .tools import WHEN, body, make, stored, track
+from .tools import WHEN, body, make, send_one_request, stored, track
 
 TOKEN = "mp-project-token"
 ACCOUNT = {"service_account": "sa.user", "secret": "sa-secret-value", "project_id": "12345"}
@@ -45,12 +45,7 @@ def sdk_import(sink, name: str, properties: dict) -> tuple[dict, object]:
 
 
 def ours(sink, bodies, **options) -> tuple[list, object]:
-    dest = make("mixpanel", sink.url, **{"token": TOKEN, **ACCOUNT, **options})
-    try:
-        assert dest.send(bodies) == Outcome.partial({})
-    finally:
-        dest.close()
-    (request,) = sink.requests
+    request = send_one_request("mixpanel", sink, bodies, **{"token": TOKEN, **ACCOUNT, **options})
     return body(request), request
 
 

@@ -8,9 +8,8 @@ import pytest
 from posthog import Posthog
 
 from segment_mw import events
-from segment_mw.destinations import Outcome
 
-from .tools import CONTEXT, WHEN, body, make, stored, track
+from .tools import CONTEXT, WHEN, body, make, send_one_request, stored, track
 
 KEY = "phc_test_project_key"
 ORDER = {"order_id": "o-1", "total": 42.5, "currency": "EUR", "coupon": "WINTER"}
@@ -59,12 +58,7 @@ def sdk_events(sink, calls) -> list[dict]:
 
 
 def ours(sink, bodies) -> list[dict]:
-    dest = make("posthog", sink.url, api_key=KEY)
-    try:
-        assert dest.send(bodies) == Outcome.partial({})
-    finally:
-        dest.close()
-    (request,) = sink.requests
+    request = send_one_request("posthog", sink, bodies, api_key=KEY)
     assert request.headers["Content-Encoding"] == "gzip"
     payload = body(request)
     assert payload["api_key"] == KEY

@@ -10,7 +10,7 @@ from typing import Any
 
 from segment_mw import events
 from segment_mw.config import load_settings
-from segment_mw.destinations import Destination, make_destination
+from segment_mw.destinations import Destination, Outcome, make_destination
 
 from ..sink import Received
 
@@ -46,6 +46,17 @@ def make(kind: str, host: str, **options: Any) -> Destination:
         environ={},
     )
     return make_destination(settings.destinations[0])
+
+
+def send_one_request(kind: str, sink: Any, bodies: list[bytes], **options: Any) -> Received:
+    """Send ``bodies`` through our ``kind`` destination to ``sink``; the one request it made."""
+    dest = make(kind, sink.url, **options)
+    try:
+        assert dest.send(bodies) == Outcome.partial({})
+    finally:
+        dest.close()
+    (request,) = sink.requests
+    return request  # type: ignore[no-any-return]
 
 
 def body(request: Received) -> Any:
