@@ -54,6 +54,7 @@ class _State:
         self.wake = threading.Event()
         self.idle = False
         self.kick_wanted = False
+        self.lease_held = False  # a durable write took the kick lease: request the flush
         self.stopping = False
         self.thread: threading.Thread | None = None
         self.start_lock = threading.Lock()
@@ -115,19 +116,29 @@ class Producer:
         if durable:
             try:
                 self._ensure_destinations(st, self.direct_queue)
-                self.direct_queue.push([entry])
+                # The kick lease is tried in the write's own round trip: tried on its own
+                # after it (nearly always finding a flush on its way) it cost as much again.
+                leased = (
+                    self.direct_queue.push_and_acquire([entry], KICK_LEASE, KICK_TTL)
+                    if self._can_kick()
+                    else self.direct_queue.push([entry])
+                )
             except PushFailed as exc:
                 # It may be stored: finished by push_again later, never pushed anew.
                 self._spilled(exc)
                 if self._room(st):
                     st.keep_unsure(exc.unsure)
+                self._lease_maybe_taken(st)
                 self._wake(st)
                 return
             except Exception as exc:
                 self._spilled(exc)  # nothing was stored: it joins the buffer below
             else:
-                st.kick_wanted = True
                 st.untrimmed = True
+                if leased is not False:  # False: a flush is on its way and will see it
+                    # Taken: the writer thread asks for the flush (off the caller's time).
+                    st.lease_held = st.lease_held or leased is True
+                    st.kick_wanted = True
                 self._wake(st)
                 return
         if (st.unsure or len(st.buf) >= self.settings.spill_max_events) and not self._room(st):
@@ -278,6 +289,8 @@ class Producer:
         except PushFailed as exc:
             st.keep_unsure(exc.unsure)
             self._push_failed(st, exc)
+            if kick:
+                self._lease_maybe_taken(st)
             return False
         except Exception as exc:
             st.buf.extendleft(reversed(chunk))
@@ -322,9 +335,24 @@ class Producer:
         except Exception:
             metrics.restore_unreported(pending)
 
+    def _lease_maybe_taken(self, st: _State) -> None:
+        """A push that tried the kick lease failed unanswered: Redis may have given it us.
+
+        Then every other process finds it held and asks for no flush until it lapses; so
+        this one asks for the flush once the push is finished (at worst one flush more).
+        """
+        if self._can_kick():
+            st.lease_held = True
+            st.kick_wanted = True
+
     def _kick(self, queue: Queue) -> bool:
         """Request a flush unless one is on its way; False when the queue did not answer."""
         if not self._can_kick():
+            return True
+        st = self._state.peek()
+        if st is not None and st.lease_held:
+            st.lease_held = False
+            self._request_flush(queue)
             return True
         try:
             if not queue.acquire(KICK_LEASE, KICK_TTL):
