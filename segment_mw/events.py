@@ -34,6 +34,9 @@ class Entry:
     integrations: bytes | None  # the merged integrations object; None when it is empty
     message_id: str = ""
     type: str = ""
+    # Whose event it is (userId, else anonymousId): a sharded queue keeps one user's
+    # events on one shard, in order.
+    user: str = ""
 
 
 def new_message_id() -> str:
@@ -183,8 +186,12 @@ def build(
         raise InvalidEvent(
             f"{type_} {label!r} is {len(body)} bytes serialised; the limit is {MAX_EVENT_BYTES}"
         )
-    return Entry(  # positionally: body, integrations, message_id, type
-        body, dumps(merged_integrations) if merged_integrations else None, message_id, type_
+    return Entry(  # positionally: body, integrations, message_id, type, user
+        body,
+        dumps(merged_integrations) if merged_integrations else None,
+        message_id,
+        type_,
+        str(uid if uid is not None else aid if aid is not None else ""),
     )
 
 

@@ -51,7 +51,8 @@ def queue_prefix(redis_client: redis.Redis) -> Iterator[str]:
     """A key prefix no other test uses; its keys are deleted afterwards."""
     prefix = f"t-{uuid.uuid4().hex[:12]}"
     yield prefix
-    keys = list(redis_client.scan_iter(f"{prefix}:*", count=1000))
+    # Sharded queues' keys carry the prefix inside a hash tag: {prefix:s1}:log.
+    keys = list(redis_client.scan_iter(f"*{prefix}*", count=1000))
     if keys:
         redis_client.delete(*keys)
 

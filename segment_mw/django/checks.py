@@ -178,6 +178,7 @@ def _redis_server_messages(loaded: Settings) -> list[CheckMessage]:
         prefix=loaded.queue_prefix,
         timeout=SERVER_CHECK_TIMEOUT,
         dead_letters=DeadLetterLimits(loaded.dead_letter_max_events, loaded.dead_letter_max_age),
+        shards=loaded.queue_shards,
     )
     try:
         warnings = queue.check_server()
