@@ -451,8 +451,14 @@ class ShardedRedisQueue(Queue):
             pipe.info("server")
             pipe.info("memory")
             server, memory = pipe.execute()
-            found.extend(server_warnings(server, memory, where))
+            found.extend(self._named(w, where) for w in server_warnings(server, memory, where))
         return found
+
+    def _named(self, warning: ServerWarning, where: str) -> ServerWarning:
+        """The warning, saying which node it is about when there are several."""
+        if not self._clustered:
+            return warning
+        return ServerWarning(warning.kind, f"Redis node {where}: {warning.message}")
 
     def status(self, destinations: Sequence[str]) -> QueueStatus:
         """Each shard's status, added up: counts summed, the oldest age the oldest."""
@@ -469,10 +475,11 @@ class ShardedRedisQueue(Queue):
         ages = [p.oldest_age for p in parts if p.oldest_age is not None]
         total.oldest_age = max(ages) if ages else None
         total.stored = sum(p.stored for p in parts)
-        for part in parts:
-            for warning in part.warnings:
-                if warning not in total.warnings:
-                    total.warnings.append(warning)
+        for shard, part in zip(reading, parts, strict=True):
+            for text in part.warnings:
+                named = self._named(ServerWarning("", text), shard._where()).message
+                if named not in total.warnings:
+                    total.warnings.append(named)
         for name in destinations:
             dest = DestinationStatus(name=name)
             for part in parts:

@@ -47,7 +47,6 @@ def connection_options(timeout: float) -> dict[str, Any]:
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "retry": Retry(NoBackoff(), 0),
-        "retry_on_timeout": False,
         "health_check_interval": 0,
         "protocol": 2,
         **NO_CLIENT_INFO,
