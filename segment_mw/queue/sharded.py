@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
+from redis import exceptions
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from .. import forks
@@ -53,6 +54,14 @@ T = TypeVar("T")
 REGISTRY_REFRESH = 10.0
 # Errors after which the node that holds a shard may have changed (failover, resharding).
 _MOVED = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "MASTERDOWN", "LOADING")
+_MOVED_ERRORS = (
+    exceptions.AskError,  # MovedError too
+    exceptions.TryAgainError,
+    exceptions.ClusterDownError,
+    exceptions.ReadOnlyError,
+    exceptions.MasterDownError,
+    exceptions.BusyLoadingError,
+)
 
 
 def shard_key_base(prefix: str, index: int, count: int, *, clustered: bool) -> str:
@@ -227,9 +236,13 @@ class ShardedRedisQueue(Queue):
             raise
 
     def _maybe_moved(self, exc: BaseException) -> None:
-        if isinstance(exc, redis.ResponseError) and not str(exc).startswith(_MOVED):
-            return
         if not isinstance(exc, redis.RedisError):
+            return
+        if (
+            isinstance(exc, redis.ResponseError)
+            and not isinstance(exc, _MOVED_ERRORS)
+            and not str(exc).startswith(_MOVED)
+        ):
             return
         self.topology.invalidate()
         for shard in list(self._all.values()):

@@ -186,7 +186,6 @@ class Cluster(Topology):
                             ClusterNode(h, p)  # type: ignore[no-untyped-call]
                             for h, p in self.target.nodes
                         ],
-                        cluster_error_retry_attempts=0,
                         **options,
                     )
                 elif self._stale:

@@ -193,6 +193,7 @@ def _deliver_through_a_failover(
     wait_until(lambda: client.status().depth == 0, 60.0, "the queue to drain", worker)
 
 
+@pytest.mark.timeout(400)
 def test_cluster_failover_mid_run_loses_no_event_whose_call_returned(
     cluster: Cluster, fast_settings, setup, sink, worker_process, celery_queue, tmp_path
 ) -> None:
@@ -221,6 +222,7 @@ def test_cluster_failover_mid_run_loses_no_event_whose_call_returned(
     )
 
 
+@pytest.mark.timeout(400)
 def test_sentinel_failover_mid_run_loses_no_event_whose_call_returned(
     sentinels: SentinelSetup, fast_settings, setup, sink, worker_process, celery_queue, tmp_path
 ) -> None:
