@@ -73,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
     "QUEUE_URL": None,  # None: the embedded SQLite queue under the user's state directory
     "QUEUE_PREFIX": "segment_mw",
     # How many Redis streams the log is spread over; None: 1, or 3 for redis+cluster://.
+    # Set (even to 1), readers also drain the shards an earlier setting wrote.
     "QUEUE_SHARDS": None,
     # Pushes return only once this many replicas have them (Redis WAIT); 0: the master's
     # word is enough, and a failover may lose what it had not yet replicated.
@@ -250,7 +251,9 @@ class Settings:
     enabled: bool = True
     dead_letter_max_events: int = DEFAULTS["DEAD_LETTER_MAX_EVENTS"]
     dead_letter_max_age: float = DEFAULTS["DEAD_LETTER_MAX_AGE"]
-    queue_shards: int = 1
+    # None: the backend's default (one stream; three for a cluster). Set, even to 1, the
+    # queue also drains shards an earlier setting left behind.
+    queue_shards: int | None = None
     queue_wait_replicas: int = 0
     # Where queue_url came from: "QUEUE_URL", "SEGMENT_MW_QUEUE_URL" or "default" (the
     # embedded SQLite file, which a production deployment should not be left on).
@@ -491,9 +494,7 @@ def load_settings(
                     f"{variable}: expected a whole number, got {raw_value!r}"
                 ) from None
     shards = merged["QUEUE_SHARDS"]
-    if shards is None:
-        shards = 3 if queue_url.startswith(("redis+cluster", "rediss+cluster")) else 1
-    if (
+    if shards is not None and (
         isinstance(shards, bool)
         or not isinstance(shards, int)
         or not 1 <= shards <= MAX_QUEUE_SHARDS

@@ -51,16 +51,15 @@ def open_queue(
     """Open the backend named by ``url``: Redis (one server, ``redis+cluster://``,
     ``redis+sentinel://``), ``sqlite:///path`` or ``memory://``.
 
-    ``shards``: how many streams the Redis log is spread over (None: 1, or
-    ``DEFAULT_CLUSTER_SHARDS`` for a cluster). ``wait_replicas``: pushes wait for that many
-    replicas to confirm them.
+    ``shards``: how many streams the Redis log is spread over (None: one server's single
+    stream, or ``DEFAULT_CLUSTER_SHARDS`` for a cluster; any number given, the queue also
+    reads the shards an earlier setting wrote). ``wait_replicas``: pushes wait for that
+    many replicas to confirm them.
     """
     scheme = urlsplit(url).scheme
     if scheme in REDIS_SCHEMES:
         target = parse_redis_url(url)
-        if shards is None:
-            shards = DEFAULT_CLUSTER_SHARDS if target.kind == "cluster" else 1
-        if target.kind == "single" and shards == 1:
+        if target.kind == "single" and shards is None:
             from .redis import RedisQueue
 
             return RedisQueue(
@@ -72,6 +71,8 @@ def open_queue(
             )
         from .sharded import ShardedRedisQueue
 
+        if shards is None:
+            shards = DEFAULT_CLUSTER_SHARDS if target.kind == "cluster" else 1
         return ShardedRedisQueue(
             target,
             prefix=prefix,

@@ -30,7 +30,7 @@ class RedisTarget:
     """What a Redis queue URL names (``kind``: "single", "cluster" or "sentinel")."""
 
     kind: str
-    url: str  # as given (a single server's URL is handed to redis-py as it is)
+    url: str = field(repr=False)  # as given (a single server's URL goes to redis-py as is)
     nodes: tuple[tuple[str, int], ...] = ()
     service: str = ""
     db: int = 0
