@@ -24,6 +24,7 @@ SCRIPTS = {
     "bench_status.py": ([], ["--sizes", "1000,100000", "--runs", "10"]),
     "bench_async.py": ([], ["--calls", "500", "--runs", "1"]),
     "bench_warehouse.py": ([], ["--events", "2000", "--runs", "1"]),
+    "bench_scale.py": ([], ["--events", "6000", "--producers", "2"]),
 }
 
 
