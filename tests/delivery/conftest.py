@@ -29,7 +29,6 @@ import segment_mw.celery
 
 from ..celery_worker import in_process_worker
 from ..sink import Sink, running_sink
-from ..topologies import Cluster, SentinelSetup, running, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKER = os.environ.get("SEGMENT_MW_TEST_BROKER", "redis://127.0.0.1:6379/10")
@@ -314,27 +313,3 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     yield server
     server.kill()
 
-
-@pytest.fixture(scope="session")
-def _redis_server_startable() -> None:
-    why = unavailable()
-    if why:  # the one reason to skip the scale-out tests: say so in the summary
-        pytest.skip(f"no private Redis Cluster or Sentinel can be started: {why}")
-
-
-@pytest.fixture(scope="session")
-def cluster(
-    _redis_server_startable: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Cluster]:
-    """A private Redis Cluster for the session: three masters, each with a replica."""
-    with running(Cluster(tmp_path_factory.mktemp("cluster"))) as found:
-        yield found
-
-
-@pytest.fixture(scope="session")
-def sentinels(
-    _redis_server_startable: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SentinelSetup]:
-    """A private master, replica and three sentinels for the session."""
-    with running(SentinelSetup(tmp_path_factory.mktemp("sentinel"))) as found:
-        yield found
