@@ -275,7 +275,13 @@ class ShardedRedisQueue(Queue):
         """Every shard to read: those written now, and those the registry names."""
         now = time.monotonic()
         if now - self._read_refreshed >= REGISTRY_REFRESH:
-            raw = self._call(self._meta.client.smembers, self._registry_key())
+            try:
+                raw = self._call(self._meta.client.smembers, self._registry_key())
+            except redis.RedisError:
+                # Shard 0's node is failing over, say: go on reading the shards known
+                # (the others are still served), and ask again in a second.
+                self._read_refreshed = now - REGISTRY_REFRESH + 1.0
+                return self._read_set
             bases = {s.key_base for s in self._written} | {m.decode() for m in raw}
             self._read_set = sorted((self._shard(b) for b in bases), key=lambda s: s.index)
             self._read_refreshed = now
@@ -305,7 +311,7 @@ class ShardedRedisQueue(Queue):
             try:
                 self._call(shard.push, group, only=only)
             except PushFailed as exc:
-                rest = [shard.unsent_push(g, only) for _, g in groups[n + 1 :]]
+                rest = [s.unsent_push(g, only) for s, g in groups[n + 1 :]]
                 raise PushFailed([*exc.unsure, *rest], exc.cause) from exc.cause
             except Exception as exc:
                 if not n:
