@@ -33,6 +33,7 @@ from _common import (
     WRITE_KEY,
     delete_prefix,
     environment,
+    median,
     redis_client,
     running_sink,
     table,
@@ -74,9 +75,10 @@ def _produce(settings: dict, tag: str, count: int, start: Any, done: Any) -> Non
     ]
     queue.push(entries[:1])  # connected (and the server checked) before the clock starts
     start.wait()
+    cpu = time.process_time()
     for at in range(1, count, CHUNK):
         queue.push(entries[at : at + CHUNK])
-    done.put(time.perf_counter())
+    done.put((time.perf_counter(), time.process_time() - cpu))
     queue.close()
 
 
@@ -93,11 +95,12 @@ def _deliver(settings: dict, start: Any, done: Any) -> None:
     names = list(loaded.destination_names)
     queue.ensure_destinations(names)
     start.wait()
+    cpu = time.process_time()
     idle_rounds = 0
     while idle_rounds < 3:  # every destination found empty three times over
         delivered = sum(deliverer.flush_destination(n).delivered for n in names)
         idle_rounds = 0 if delivered else idle_rounds + 1
-    done.put(time.perf_counter())
+    done.put((time.perf_counter(), time.process_time() - cpu))
     deliverer.close()
     queue.close()
 
@@ -127,7 +130,8 @@ def run(url: str, shards: int | None, dests: int, events: int, producers: int) -
         t0 = time.perf_counter()
         start.set()
         ends = [done.get(timeout=600) for _ in procs]
-        enqueue = (per * producers) / (max(ends) - t0)
+        enqueue = (per * producers) / (max(end for end, _ in ends) - t0)
+        push_cpu = sum(cpu for _, cpu in ends) / (per * producers) * 1e6
         for proc in procs:
             proc.join(60)
 
@@ -143,14 +147,19 @@ def run(url: str, shards: int | None, dests: int, events: int, producers: int) -
         start2.set()
         stats = sink.wait_for(stored * dests, timeout=600)
         t_all = time.perf_counter() - t1
+        worked = [done.get(timeout=120) for _ in workers]
         for proc in workers:
             proc.join(120)
         setup.close()
+    # The workers' CPU includes their last idle rounds over every shard: a few ms.
+    deliver_cpu = sum(cpu for _, cpu in worked) / max(stats["events"], 1) * 1e6
     if stats["events"] < stored * dests:
         raise RuntimeError(f"delivered {stats['events']} of {stored * dests}")
     return {
         "enqueue": enqueue,
         "deliver": stats["events"] / t_all,
+        "push_cpu": push_cpu,
+        "deliver_cpu": deliver_cpu,
         "events": stored,
         "prefix": prefix,
     }
@@ -160,6 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--producers", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=1, help="median of this many runs per row")
     args = parser.parse_args()
     redis_client()
     from tests.topologies import Cluster, running, unavailable
@@ -186,17 +196,29 @@ def main() -> None:
             ("one Redis, 1 stream, 3 destinations", REDIS_URL, None, 3),
             ("cluster, 3 shards, 3 destinations", cluster.url, 3, 3),
         ]
-        for label, url, shards, dests in setups:
-            result = run(url, shards, dests, args.events, args.producers)
-            if url == REDIS_URL:
-                delete_prefix(result["prefix"])
-                client = redis_client()
-                for key in client.scan_iter(f"*{result['prefix']}*", count=1000):  # type: ignore[attr-defined]
-                    client.delete(key)  # type: ignore[attr-defined]
+        results: dict[str, list[dict]] = {label: [] for label, *_ in setups}
+        for _ in range(args.runs):  # interleaved: a busy spell of the machine hits every row
+            for label, url, shards, dests in setups:
+                result = run(url, shards, dests, args.events, args.producers)
+                results[label].append(result)
+                if url == REDIS_URL:
+                    delete_prefix(result["prefix"])
+                    client = redis_client()
+                    for key in client.scan_iter(f"*{result['prefix']}*", count=1000):  # type: ignore[attr-defined]
+                        client.delete(key)  # type: ignore[attr-defined]
+                print(f"  {label}: done", flush=True)
+        for label, _url, _shards, dests in setups:
+            got = results[label]
             rows.append(
-                (label, dests, result["enqueue"], result["deliver"], result["deliver"] / dests)
+                (
+                    label,
+                    dests,
+                    median([r["enqueue"] for r in got]),
+                    median([r["push_cpu"] for r in got]),
+                    median([r["deliver"] for r in got]),
+                    median([r["deliver_cpu"] for r in got]),
+                )
             )
-            print(f"  {label}: done", flush=True)
     print()
     print(
         table(
@@ -204,8 +226,9 @@ def main() -> None:
                 "setup",
                 "destinations",
                 "enqueued events/s",
+                "producer CPU µs/event",
                 "deliveries/s",
-                "events/s through every destination",
+                "worker CPU µs/delivery",
             ],
             rows,
         )
