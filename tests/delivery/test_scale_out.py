@@ -24,6 +24,8 @@ from ..topologies import READY, Cluster, SentinelSetup, poll
 from . import _producers
 from .conftest import BROKER, message_ids, wait_until
 
+pytestmark = pytest.mark.scale_out
+
 PRODUCERS = 4
 PER_PRODUCER = 5000  # 20,000 in all
 PACE = 0.0008  # s between calls: the run lasts long enough to kill a master inside it

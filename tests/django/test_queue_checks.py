@@ -91,6 +91,7 @@ def test_an_unreachable_redis_says_nothing(segment_settings, private_redis):
     assert ours() == []
 
 
+@pytest.mark.scale_out
 def test_every_master_of_a_cluster_is_checked(cluster, segment_settings, queue_prefix):
     segment_settings(QUEUE_URL=cluster.url, QUEUE_PREFIX=queue_prefix)
     assert ours() == []
@@ -109,6 +110,7 @@ def test_every_master_of_a_cluster_is_checked(cluster, segment_settings, queue_p
             admin.close()
 
 
+@pytest.mark.scale_out
 def test_the_master_behind_sentinels_is_checked(
     sentinels, segment_settings, monkeypatch, queue_prefix
 ):
