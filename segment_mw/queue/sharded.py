@@ -459,8 +459,11 @@ class ShardedRedisQueue(Queue):
         return sorted({n for s in self._reading() for n in self._call(s.known_destinations)})
 
     def forget(self, destination: str) -> None:
-        for shard in self._reading():
+        reading = self._reading()
+        for shard in reading:
             self._call(shard.forget, destination)
+        if self._meta not in reading:  # its back-off record and last error
+            self._call(self._meta.forget, destination)
 
     def check_server(self) -> list[ServerWarning]:
         """Every master's version and eviction policy (each shard's node, and the rest)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 
 from segment_mw.config import load_settings
 from segment_mw.events import Entry
-from segment_mw.queue import open_queue
+from segment_mw.queue import Backoff, open_queue
 from segment_mw.queue.sharded import ShardedRedisQueue
 
 from ..topologies import READY, Cluster, SentinelSetup, poll
@@ -102,8 +103,12 @@ def test_cluster_dead_letters_replay_status_and_forget_span_the_shards(
         assert queue.read_new("B", "c1", 1000) != []  # B never sees the replayed copies
         assert queue.read_new("B", "c1", 1000) == []
 
+        queue.set_backoff("B", Backoff(until=time.time() + 60, attempts=2), "HTTP 503")
+        assert queue.status(["B"]).destinations["B"].last_error == "HTTP 503"
         queue.forget("B")
         assert queue.known_destinations() == ["A"]
+        assert queue.get_backoff("B").attempts == 0
+        assert queue.status(["B"]).destinations["B"].last_error is None
         status = queue.status(["A"])
         assert status.destinations["A"].delivered == 60
         assert status.destinations["A"].dead == 0
