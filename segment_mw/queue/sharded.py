@@ -44,7 +44,7 @@ from .base import (
     Record,
     ServerWarning,
 )
-from .redis import RedisQueue, _new_record, prepare_client, server_warnings
+from .redis import RedisQueue, ReplicasBehind, _new_record, prepare_client, server_warnings
 from .topology import Topology, open_topology
 from .urls import RedisTarget
 
@@ -236,8 +236,8 @@ class ShardedRedisQueue(Queue):
             raise
 
     def _maybe_moved(self, exc: BaseException) -> None:
-        if not isinstance(exc, redis.RedisError):
-            return
+        if not isinstance(exc, redis.RedisError) or isinstance(exc, ReplicasBehind):
+            return  # the master is where it was: its replicas are behind
         if (
             isinstance(exc, redis.ResponseError)
             and not isinstance(exc, _MOVED_ERRORS)
