@@ -28,6 +28,7 @@ SCRIPTS = {
     "bench_latency.py": ([], ["--quick"]),
     "bench_servers.py": ([], ["--quick"]),
     "bench_tools.py": ([], ["--events", "2000", "--runs", "1"]),
+    "bench_scale.py": ([], ["--events", "6000", "--producers", "2"]),
 }
 
 

@@ -149,8 +149,22 @@ def flush(destination: str | None = None, scheduled: bool = False) -> dict[str, 
             except Exception:
                 log.warning("could not request a flush of %s", name, exc_info=True)
         return {}
-    queue.release(_sched_lease(destination) if scheduled else _queued_lease(destination))
-    report = client.deliverer.flush_destination(destination)
+    try:
+        queue.release(_sched_lease(destination) if scheduled else _queued_lease(destination))
+        report = client.deliverer.flush_destination(destination)
+    except Exception:
+        # The queue failed mid-flush (an outage, a failover): the lease this flush should
+        # have cleared may still be set, holding off every new request for QUEUED_TTL.
+        # A follow-up of its own, sent past the lease, takes over once the queue is back.
+        try:
+            _send(
+                FLUSH_TASK,
+                kwargs={"destination": destination},
+                delay=max(client.settings.claim_idle / 3, client.settings.flush_delay),
+            )
+        except Exception:
+            log.warning("could not send the follow-up of a failed flush", exc_info=True)
+        raise
     delay = report.next_run
     if delay is not None:
         try:

@@ -87,6 +87,8 @@ class Client:
                                 self.settings.dead_letter_max_events,
                                 self.settings.dead_letter_max_age,
                             ),
+                            shards=self.settings.queue_shards,
+                            wait_replicas=self.settings.queue_wait_replicas,
                         )
                     setattr(parts, attr, found)
         return found

@@ -77,6 +77,12 @@ DEFAULTS: dict[str, Any] = {
     "ENABLED": True,  # False: calls validate their arguments, nothing is queued or sent
     "QUEUE_URL": None,  # None: the embedded SQLite queue under the user's state directory
     "QUEUE_PREFIX": "segment_mw",
+    # How many Redis streams the log is spread over; None: 1, or 3 for redis+cluster://.
+    # Set (even to 1), readers also drain the shards an earlier setting wrote.
+    "QUEUE_SHARDS": None,
+    # Pushes return only once this many replicas have them (Redis WAIT); 0: the master's
+    # word is enough, and a failover may lose what it had not yet replicated.
+    "QUEUE_WAIT_REPLICAS": 0,
     "DESTINATIONS": {},
     "INTEGRATIONS": {},
     "PAGEVIEWS": DEFAULT_PAGEVIEWS,
@@ -124,6 +130,14 @@ _INT_LIMITS = {
     "BATCH_MAX_BYTES": (1024, 500_000),
     "SPILL_MAX_EVENTS": (0, 10**8),
     "DEAD_LETTER_MAX_EVENTS": (0, 10**9),
+    "QUEUE_WAIT_REPLICAS": (0, 64),
+}
+MAX_QUEUE_SHARDS = 256
+# Settings the deployment's environment may override (besides QUEUE_URL and ENABLED):
+# they describe the Redis it runs against, which the environment knows best.
+_ENV_INTS = {
+    "QUEUE_SHARDS": "SEGMENT_MW_QUEUE_SHARDS",
+    "QUEUE_WAIT_REPLICAS": "SEGMENT_MW_QUEUE_WAIT_REPLICAS",
 }
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -242,6 +256,10 @@ class Settings:
     enabled: bool = True
     dead_letter_max_events: int = DEFAULTS["DEAD_LETTER_MAX_EVENTS"]
     dead_letter_max_age: float = DEFAULTS["DEAD_LETTER_MAX_AGE"]
+    # None: the backend's default (one stream; three for a cluster). Set, even to 1, the
+    # queue also drains shards an earlier setting left behind.
+    queue_shards: int | None = None
+    queue_wait_replicas: int = 0
     # Where queue_url came from: "QUEUE_URL", "SEGMENT_MW_QUEUE_URL" or "default" (the
     # embedded SQLite file, which a production deployment should not be left on).
     queue_url_source: str = "QUEUE_URL"
@@ -490,12 +508,18 @@ def _patterns(value: Any) -> tuple[str, ...]:
 
 
 def _check_queue_url(url: Any) -> str:
+    from .queue.urls import CLUSTER_SCHEMES, SENTINEL_SCHEMES, parse_redis_url
+
     if not isinstance(url, str):
         raise ConfigurationError(f"QUEUE_URL: expected a string, got {url!r}")
     parts = urlsplit(url)
+    if parts.scheme in CLUSTER_SCHEMES + SENTINEL_SCHEMES:
+        parse_redis_url(url)  # several hosts: urlsplit cannot read their ports
+        return url
     if parts.scheme not in ("redis", "rediss", "unix", "sqlite", "memory"):
         raise ConfigurationError(
-            f"QUEUE_URL: unsupported scheme {parts.scheme!r}; use redis://, sqlite:/// or memory://"
+            f"QUEUE_URL: unsupported scheme {parts.scheme!r}; use redis://, "
+            "redis+cluster://, redis+sentinel://, sqlite:/// or memory://"
         )
     # Caught here, not by the first push: redis-py would refuse it on every event.
     if parts.scheme in ("redis", "rediss") and not parts.hostname:
@@ -538,6 +562,24 @@ def load_settings(
             # directory must still be able to run the app's tests with segment_mw off.
             merged["QUEUE_URL"] = "memory://"
     queue_url = _check_queue_url(merged["QUEUE_URL"])
+    for key, variable in _ENV_INTS.items():
+        raw_value = environ.get(variable, "").strip()
+        if raw_value:
+            try:
+                merged[key] = int(raw_value)
+            except ValueError:
+                raise ConfigurationError(
+                    f"{variable}: expected a whole number, got {raw_value!r}"
+                ) from None
+    shards = merged["QUEUE_SHARDS"]
+    if shards is not None and (
+        isinstance(shards, bool)
+        or not isinstance(shards, int)
+        or not 1 <= shards <= MAX_QUEUE_SHARDS
+    ):
+        raise ConfigurationError(
+            f"QUEUE_SHARDS: expected a whole number from 1 to {MAX_QUEUE_SHARDS}, got {shards!r}"
+        )
 
     pageviews = dict(DEFAULT_PAGEVIEWS)
     raw_pageviews = merged["PAGEVIEWS"]
@@ -626,5 +668,7 @@ def load_settings(
         enabled=enabled,
         dead_letter_max_events=int(merged["DEAD_LETTER_MAX_EVENTS"]),
         dead_letter_max_age=float(merged["DEAD_LETTER_MAX_AGE"]),
+        queue_shards=shards,
+        queue_wait_replicas=int(merged["QUEUE_WAIT_REPLICAS"]),
         queue_url_source=url_source,
     )

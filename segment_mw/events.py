@@ -39,6 +39,9 @@ class Entry:
     integrations: bytes | None  # the merged integrations object; None when it is empty
     message_id: str = ""
     type: str = ""
+    # Whose event it is (userId, else anonymousId): a sharded queue keeps one user's
+    # events on one shard, in order.
+    user: str = ""
 
 
 # Ids need to be unique, not unpredictable: a generator seeded from the OS in each process
@@ -214,8 +217,12 @@ def build(
         body = dumps(message)
         if len(body) > MAX_EVENT_BYTES:
             raise _oversized(message, len(body))
-    return Entry(  # positionally: body, integrations, message_id, type
-        body, dumps(merged_integrations) if merged_integrations else None, message_id, type_
+    return Entry(  # positionally: body, integrations, message_id, type, user
+        body,
+        dumps(merged_integrations) if merged_integrations else None,
+        message_id,
+        type_,
+        str(uid if uid is not None else aid if aid is not None else ""),
     )
 
 

@@ -17,6 +17,7 @@ from segment_mw.client import Client, reset_client
 
 from .pg import pg_database, warehouse  # noqa: F401 - fixtures for the warehouse tests
 from .sink import Sink, running_sink
+from .topologies import Cluster, SentinelSetup, running, unavailable
 
 REDIS_URL = os.environ.get("SEGMENT_MW_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
@@ -51,7 +52,8 @@ def queue_prefix(redis_client: redis.Redis) -> Iterator[str]:
     """A key prefix no other test uses; its keys are deleted afterwards."""
     prefix = f"t-{uuid.uuid4().hex[:12]}"
     yield prefix
-    keys = list(redis_client.scan_iter(f"{prefix}:*", count=1000))
+    # Sharded queues' keys carry the prefix inside a hash tag: {prefix:s1}:log.
+    keys = list(redis_client.scan_iter(f"*{prefix}*", count=1000))
     if keys:
         redis_client.delete(*keys)
 
@@ -76,3 +78,28 @@ def configure() -> Callable[..., Client]:
 @pytest.fixture
 def redis_settings(redis_url: str, queue_prefix: str) -> dict[str, Any]:
     return {"QUEUE_URL": redis_url, "QUEUE_PREFIX": queue_prefix}
+
+
+@pytest.fixture(scope="session")
+def _redis_server_startable() -> None:
+    why = unavailable()
+    if why:  # the one reason to skip the scale-out tests: say so in the summary
+        pytest.skip(f"no private Redis Cluster or Sentinel can be started: {why}")
+
+
+@pytest.fixture(scope="session")
+def cluster(
+    _redis_server_startable: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """A private Redis Cluster for the session: three masters, each with a replica."""
+    with running(Cluster(tmp_path_factory.mktemp("cluster"))) as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def sentinels(
+    _redis_server_startable: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SentinelSetup]:
+    """A private master, replica and three sentinels for the session."""
+    with running(SentinelSetup(tmp_path_factory.mktemp("sentinel"))) as found:
+        yield found

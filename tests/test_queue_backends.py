@@ -1,4 +1,5 @@
-"""One contract for every queue backend: memory://, sqlite:///file and Redis Streams.
+"""One contract for every queue backend: memory://, sqlite:///file and Redis Streams
+(one stream, and a log sharded over three streams on the same server).
 
 Each test runs against the three backends through ``open_queue``. ``backend.open()``
 returns another queue object on the same storage (a second process's view); a
@@ -22,6 +23,7 @@ from segment_mw.events import Entry
 from segment_mw.queue import Backoff, Queue, Record, open_queue
 from segment_mw.queue.base import RETRY_CONSUMER, record_only_matches
 from segment_mw.queue.redis import RedisQueue
+from segment_mw.queue.sharded import ShardedRedisQueue
 from segment_mw.queue.sql import SQLiteQueue
 
 
@@ -31,16 +33,17 @@ class Backend:
     url: str
     prefix: str
     opened: list[Queue] = field(default_factory=list)
+    shards: int | None = None
 
     def open(self) -> Queue:
         if self.kind == "memory" and self.opened:
             return self.opened[0]
-        queue = open_queue(self.url, prefix=self.prefix)
+        queue = open_queue(self.url, prefix=self.prefix, shards=self.shards)
         self.opened.append(queue)
         return queue
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-sharded"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "memory":
         found = Backend("memory", "memory://", "segment_mw")
@@ -49,6 +52,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     else:
         prefix = request.getfixturevalue("queue_prefix")
         found = Backend("redis", request.getfixturevalue("redis_url"), prefix)
+        if request.param == "redis-sharded":
+            found.kind, found.shards = "redis-sharded", 3
     yield found
     for queue in found.opened:
         queue.close()
@@ -66,6 +71,8 @@ def entries(n: int, *, integrations: bytes | None = None, tag: str = "m") -> lis
             integrations=integrations,
             message_id=f"{tag}-{i}",
             type="track",
+            # One user's: a sharded log keeps its order (it keeps no order across users).
+            user=tag,
         )
         for i in range(n)
     ]
@@ -79,13 +86,17 @@ def stored(q: Queue) -> int:
     """How many messages the backend still keeps in its log."""
     if isinstance(q, RedisQueue):
         return int(q.client.xlen(q.stream))
+    if isinstance(q, ShardedRedisQueue):
+        return sum(int(s.client.xlen(s.stream)) for s in q._reading())
     assert isinstance(q, SQLiteQueue)
     return int(q._q("SELECT COUNT(*) FROM {p}log")[0][0])
 
 
 def test_open_queue_picks_the_backend(backend: Backend) -> None:
     queue = backend.open()
-    expected = RedisQueue if backend.kind == "redis" else SQLiteQueue
+    expected = {"redis": RedisQueue, "redis-sharded": ShardedRedisQueue}.get(
+        backend.kind, SQLiteQueue
+    )
     assert type(queue) is expected
 
 

@@ -69,6 +69,8 @@ def check_middleware(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> 
 
 
 def _queue_url_problem(url: str) -> str | None:
+    if url.startswith(("redis+", "rediss+")):
+        return None  # several hosts: load_settings already read and checked them all
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
@@ -101,8 +103,9 @@ def _settings_errors(raw: Any) -> tuple[Settings | None, list[CheckMessage]]:
         if message.startswith("QUEUE_URL"):
             error = Error(
                 f"SEGMENT_MW: {message}",
-                hint="Use redis://host:6379/0 in production, sqlite:///path/queue.sqlite3 "
-                "without a server, or memory:// in tests.",
+                hint="Use redis://host:6379/0 (or redis+cluster://, redis+sentinel://) in "
+                "production, sqlite:///path/queue.sqlite3 without a server, or memory:// in "
+                "tests.",
                 id="segment_mw.E003",
             )
         elif ".write_key" in message:
@@ -178,6 +181,7 @@ def _redis_server_messages(loaded: Settings) -> list[CheckMessage]:
         prefix=loaded.queue_prefix,
         timeout=SERVER_CHECK_TIMEOUT,
         dead_letters=DeadLetterLimits(loaded.dead_letter_max_events, loaded.dead_letter_max_age),
+        shards=loaded.queue_shards,
     )
     try:
         warnings = queue.check_server()

@@ -18,6 +18,11 @@ from .base import (
     Record,
     ServerWarning,
 )
+from .urls import REDIS_SCHEMES, parse_redis_url
+
+# A cluster's log is spread over this many streams unless QUEUE_SHARDS says otherwise:
+# one per master of the smallest cluster Redis allows.
+DEFAULT_CLUSTER_SHARDS = 3
 
 __all__ = [
     "Backoff",
@@ -40,13 +45,42 @@ def open_queue(
     prefix: str = "segment_mw",
     timeout: float = 5.0,
     dead_letters: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS,
+    shards: int | None = None,
+    wait_replicas: int = 0,
 ) -> Queue:
-    """Open the backend named by ``url`` (``redis://``, ``sqlite:///path``, ``memory://``)."""
-    scheme = urlsplit(url).scheme
-    if scheme in ("redis", "rediss", "unix"):
-        from .redis import RedisQueue
+    """Open the backend named by ``url``: Redis (one server, ``redis+cluster://``,
+    ``redis+sentinel://``), ``sqlite:///path`` or ``memory://``.
 
-        return RedisQueue(url, prefix=prefix, timeout=timeout, dead_letters=dead_letters)
+    ``shards``: how many streams the Redis log is spread over (None: one server's single
+    stream, or ``DEFAULT_CLUSTER_SHARDS`` for a cluster; any number given, the queue also
+    reads the shards an earlier setting wrote). ``wait_replicas``: pushes wait for that
+    many replicas to confirm them.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme in REDIS_SCHEMES:
+        target = parse_redis_url(url)
+        if target.kind == "single" and shards is None:
+            from .redis import RedisQueue
+
+            return RedisQueue(
+                url,
+                prefix=prefix,
+                timeout=timeout,
+                dead_letters=dead_letters,
+                wait_replicas=wait_replicas,
+            )
+        from .sharded import ShardedRedisQueue
+
+        if shards is None:
+            shards = DEFAULT_CLUSTER_SHARDS if target.kind == "cluster" else 1
+        return ShardedRedisQueue(
+            target,
+            prefix=prefix,
+            timeout=timeout,
+            dead_letters=dead_letters,
+            shards=shards,
+            wait_replicas=wait_replicas,
+        )
     if scheme in ("sqlite", "memory"):
         from .sql import SQLiteQueue
 

@@ -50,6 +50,7 @@ from .base import (
     Record,
     ServerWarning,
 )
+from .topology import block_ms
 
 log = logging.getLogger("segment_mw.queue")
 
@@ -76,6 +77,19 @@ else:
 
 def _raw_reply(response: Any, **options: Any) -> Any:
     return response
+
+
+def prepare_client(client: Any) -> Any:
+    """Set the queue's reply handling on a new client; returns it."""
+    # Stream reads come back as hiredis built them; _records decodes them in one pass
+    # instead of redis-py building a dict per message first.
+    client.set_response_callback("XREADGROUP", _raw_reply)
+    client.set_response_callback("XAUTOCLAIM", _raw_reply)
+    return client
+
+
+class ReplicasBehind(redis.RedisError):
+    """Fewer replicas than QUEUE_WAIT_REPLICAS confirmed a push in time."""
 
 
 # How to turn CLIENT SETINFO off: redis-py 7+ takes driver_info, older ones lib_name/version.
@@ -314,12 +328,19 @@ class RedisQueue(Queue):
         prefix: str = "segment_mw",
         timeout: float = 5.0,
         dead_letters: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS,
+        wait_replicas: int = 0,
+        key_base: str | None = None,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.timeout = timeout
         self.dead_letters = dead_letters
-        self.stream = f"{prefix}:log"
+        # Pushes return once this many replicas have them (WAIT): see _replicated.
+        self.wait_replicas = wait_replicas
+        # What every key begins with (see shard_key_base): the prefix itself for the one
+        # log of a single server, a hash-tagged name per shard otherwise.
+        self.key_base = prefix if key_base is None else key_base
+        self.stream = f"{self.key_base}:log"
         self._stream_key = self.stream.encode()
         # Made in each process (a forked child must not share the parent's sockets, nor
         # push under its origins: the same ordinals would be taken for stored ones).
@@ -347,11 +368,11 @@ class RedisQueue(Queue):
             # by a busy web process can take seconds to get through.
             **_NO_CLIENT_INFO,
         )
-        # Stream reads come back as hiredis built them; _records decodes them in one
-        # pass instead of redis-py building a dict per message first.
-        client.set_response_callback("XREADGROUP", _raw_reply)
-        client.set_response_callback("XAUTOCLAIM", _raw_reply)
-        return client
+        return prepare_client(client)
+
+    def _where(self) -> str:
+        """The server, as warnings name it (without its password)."""
+        return str(hide_password(self.url))
 
     @property
     def client(self) -> Any:
@@ -383,13 +404,13 @@ class RedisQueue(Queue):
         pipe.info("server")
         pipe.info("memory")
         server, memory = pipe.execute()
-        return server_warnings(server, memory, hide_password(self.url))
+        return server_warnings(server, memory, self._where())
 
     def check_server(self) -> list[ServerWarning]:
         return self._server_warnings(self.client)
 
-    def _key(self, kind: str, name: str) -> str:
-        return f"{self.prefix}:{kind}:{name}"
+    def _key(self, kind: str, name: str | None = None) -> str:
+        return f"{self.key_base}:{kind}" if name is None else f"{self.key_base}:{kind}:{name}"
 
     # -- producers ---------------------------------------------------------------------
     def push(self, entries: Sequence[Entry], *, only: str | None = None) -> None:
@@ -467,14 +488,17 @@ class RedisQueue(Queue):
         ``_Unsure`` for any failure once the commands may have been sent; ``_NotSent``
         when they were not.
         """
+        waits = self._wait_command()
         try:
-            replies = self._pipeline([*scripts, *tail])
+            replies = self._pipeline([*scripts, *waits, *tail])
             pushed = replies[: len(scripts)]
+            acked = replies[len(scripts) : len(scripts) + len(waits)]
             if any(isinstance(r, NoScriptError) for r in pushed):
                 # Redis restarted or its scripts were flushed. Load it and run them again:
                 # one that did run meanwhile is not stored twice.
                 self.client.script_load(_PUSH_SCRIPT)
-                pushed = self._pipeline(scripts)
+                again = self._pipeline([*scripts, *waits])
+                pushed, acked = again[: len(scripts)], again[len(scripts) :]
         except _NotSent:
             raise
         except Exception as exc:
@@ -482,12 +506,33 @@ class RedisQueue(Queue):
         for reply in pushed:
             if isinstance(reply, redis.ResponseError):
                 raise _Unsure() from reply
+        self._replicated(acked)
         if not tail:
             return None
         last = replies[-1]
         if isinstance(last, redis.ResponseError):
             raise last
         return last
+
+    def _wait_command(self) -> list[tuple[bytes, ...]]:
+        """``WAIT`` for QUEUE_WAIT_REPLICAS replicas, within the socket's timeout."""
+        if not self.wait_replicas:
+            return []
+        return [(b"WAIT", str(self.wait_replicas).encode(), str(block_ms(self.timeout)).encode())]
+
+    def _replicated(self, acked: Sequence[Any]) -> None:
+        """``_Unsure`` unless the replicas confirmed: the push must be finished again.
+
+        Stored on the master alone, a push would be lost if it failed over now; pushed
+        again (at most once, by its origin) it waits for the replicas once more.
+        """
+        for reply in acked:
+            if isinstance(reply, Exception):
+                raise _Unsure() from reply
+            if int(reply) < self.wait_replicas:
+                raise _Unsure() from ReplicasBehind(
+                    f"{int(reply)} of {self.wait_replicas} replicas confirmed the push"
+                )
 
     def _set_nx(self, lease: str, ttl: float) -> tuple[bytes, ...]:
         key = self._key("lease", lease).encode()
@@ -865,11 +910,11 @@ class RedisQueue(Queue):
     def add_counts(self, counts: dict[str, int]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for name, value in counts.items():
-            pipe.hincrby(f"{self.prefix}:counts", name, value)
+            pipe.hincrby(self._key("counts"), name, value)
         pipe.execute()
 
     def get_counts(self) -> dict[str, int]:
-        raw = self.client.hgetall(f"{self.prefix}:counts")
+        raw = self.client.hgetall(self._key("counts"))
         return {_text(k): int(v) for k, v in raw.items()}
 
     def status(self, destinations: Sequence[str]) -> QueueStatus:
@@ -880,7 +925,7 @@ class RedisQueue(Queue):
         pipe.xinfo_groups(self.stream)
         pipe.xlen(self.stream)
         pipe.xrange(self.stream, "-", "+", count=1)
-        pipe.hgetall(f"{self.prefix}:counts")
+        pipe.hgetall(self._key("counts"))
         pipe.info("server")
         pipe.info("memory")
         for name in names:
@@ -901,9 +946,7 @@ class RedisQueue(Queue):
         first_id = _text(first[0][0]) if first else None
         now = time.time()
         result = QueueStatus(depth=0, oldest_age=None, stored=int(stored))
-        result.warnings = [
-            w.message for w in server_warnings(server, memory, hide_password(self.url))
-        ]
+        result.warnings = [w.message for w in server_warnings(server, memory, self._where())]
         result.counters = {_text(k): int(v) for k, v in counts.items()}
         unread_after: dict[str, str] = {}  # destination -> its last delivered id
         oldest: list[str] = []

@@ -89,3 +89,34 @@ def test_an_unreachable_redis_says_nothing(segment_settings, private_redis):
     segment_settings(QUEUE_URL=private_redis.url)
     private_redis.kill()
     assert ours() == []
+
+
+@pytest.mark.scale_out
+def test_every_master_of_a_cluster_is_checked(cluster, segment_settings, queue_prefix):
+    segment_settings(QUEUE_URL=cluster.url, QUEUE_PREFIX=queue_prefix)
+    assert ours() == []
+    masters = cluster.masters()
+    admins = [m.client() for m in masters[1:]]
+    try:
+        admins[0].config_set("maxmemory-policy", "allkeys-lru")
+        admins[1].config_set("maxmemory-policy", "volatile-lru")
+        found = sorted((m.id, m.msg) for m in ours())
+        assert [i for i, _ in found] == ["segment_mw.W005", "segment_mw.W006"]
+        assert f"127.0.0.1:{masters[1].port}" in found[0][1]  # each names its node
+        assert f"127.0.0.1:{masters[2].port}" in found[1][1]
+    finally:
+        for admin in admins:
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.close()
+
+
+@pytest.mark.scale_out
+def test_the_master_behind_sentinels_is_checked(
+    sentinels, segment_settings, monkeypatch, queue_prefix
+):
+    segment_settings(QUEUE_URL=sentinels.url(), QUEUE_PREFIX=queue_prefix)
+    assert ours() == []
+    monkeypatch.setattr(redis_backend, "MIN_REDIS_VERSION", (99, 0))
+    [message] = ours()
+    assert message.id == "segment_mw.E004"
+    assert f"master of {sentinels.service}" in message.msg
