@@ -48,7 +48,7 @@ class SlowRedis:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def cut(self, after: int, *, larger_than: int = 0) -> None:
-        """Break the next write of more than ``larger_than`` bytes after ``after`` bytes."""
+        """Break a connection ``after`` bytes into the first more than ``larger_than`` sent on it."""
         with self._lock:
             self._cut = (after, larger_than)
 
@@ -86,15 +86,24 @@ class SlowRedis:
     def _upstream(
         self, client: socket.socket, server: socket.socket, cutting: threading.Event
     ) -> None:
-        """Commands go to Redis at once (only the first bytes of one that is cut)."""
-        first, limit = True, None
+        """Commands go to Redis at once (only the first bytes of one that is cut).
+
+        A cut is armed on this connection once more than ``larger_than`` bytes came
+        through it since ``cut()``: by what was sent, not by how the kernel happened to
+        split it into reads (redis-py writes a pipeline in pieces of a few KB).
+        """
+        first, limit, seen = True, None, 0
         try:
             while data := client.recv(65536):
                 if not first and limit is None:
                     with self._lock:
-                        if self._cut is not None and len(data) > self._cut[1]:
-                            limit, self._cut = self._cut[0], None
-                            cutting.set()
+                        if self._cut is not None:
+                            seen += len(data)
+                            if seen > self._cut[1]:
+                                limit, self._cut = self._cut[0], None
+                                cutting.set()
+                        else:
+                            seen = 0
                 if limit is not None:
                     data, limit = data[:limit], limit - len(data[:limit])
                 first = False
