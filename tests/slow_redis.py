@@ -48,7 +48,7 @@ class SlowRedis:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def cut(self, after: int, *, larger_than: int = 0) -> None:
-        """Break a connection ``after`` bytes into the first more than ``larger_than`` sent on it."""
+        """Break a connection ``after`` bytes into the first ``larger_than`` bytes sent on it."""
         with self._lock:
             self._cut = (after, larger_than)
 
