@@ -48,7 +48,7 @@ class SlowRedis:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def cut(self, after: int, *, larger_than: int = 0) -> None:
-        """Break a connection ``after`` bytes into the first ``larger_than`` bytes sent on it."""
+        """Once more than ``larger_than`` bytes went through a connection, break it ``after`` on."""
         with self._lock:
             self._cut = (after, larger_than)
 
