@@ -72,6 +72,7 @@ def build_message(
     """
     client = client or usable_client()
     default = client.settings.integrations if client is not None else None
+    defer = client.settings.complete_in_worker if client is not None else True
     anonymous_id = who.anonymous_id
     if who.opted_out and not who.identified:
         # No anonymous id is minted for a visitor who opted out; the message is built
@@ -84,6 +85,7 @@ def build_message(
         anonymous_id=anonymous_id,
         request=who.request,
         default_integrations=default,
+        defer=defer,
         **options,
     )
 

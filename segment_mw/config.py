@@ -111,6 +111,10 @@ DEFAULTS: dict[str, Any] = {
     "BATCH_MAX_BYTES": 475_000,
     "FLUSH_TIME_LIMIT": 20.0,
     "ON_COMMIT": True,
+    # A request's events are queued with its facts and completed by the worker. False:
+    # made whole on the request path, as workers from before that layout read them (for
+    # a rolling deploy, or a rollback of the workers).
+    "COMPLETE_IN_WORKER": True,
     "AUTH_SIGNALS": False,
     "IN_PROCESS_FLUSHER": None,  # None: on for sqlite:// and memory://, off for redis://
 }
@@ -165,19 +169,20 @@ def default_queue_url() -> str:
     return f"sqlite:///{Path(state) / 'segment_mw' / 'queue.sqlite3'}"
 
 
-def _enabled(value: Any, environ: Mapping[str, str]) -> bool:
-    """``ENABLED``, overridden by ``SEGMENT_MW_ENABLED`` (1/0, true/false, yes/no, on/off)."""
-    raw = environ.get("SEGMENT_MW_ENABLED", "").strip().lower()
+def _switch(key: str, value: Any, environ: Mapping[str, str]) -> bool:
+    """A True/False setting; ``SEGMENT_MW_<key>`` overrides it (1/0, true/false, yes/no, on/off)."""
+    variable = f"SEGMENT_MW_{key}"
+    raw = environ.get(variable, "").strip().lower()
     if raw:
         if raw in _TRUE:
             return True
         if raw in _FALSE:
             return False
         raise ConfigurationError(
-            f"SEGMENT_MW_ENABLED: expected 1 or 0 (true/false, yes/no, on/off), got {raw!r}"
+            f"{variable}: expected 1 or 0 (true/false, yes/no, on/off), got {raw!r}"
         )
     if not isinstance(value, bool):
-        raise ConfigurationError(f"ENABLED: expected True or False, got {value!r}")
+        raise ConfigurationError(f"{key}: expected True or False, got {value!r}")
     return value
 
 
@@ -260,6 +265,7 @@ class Settings:
     # queue also drains shards an earlier setting left behind.
     queue_shards: int | None = None
     queue_wait_replicas: int = 0
+    complete_in_worker: bool = True
     # Where queue_url came from: "QUEUE_URL", "SEGMENT_MW_QUEUE_URL" or "default" (the
     # embedded SQLite file, which a production deployment should not be left on).
     queue_url_source: str = "QUEUE_URL"
@@ -546,7 +552,7 @@ def load_settings(
             if key not in DEFAULTS:
                 raise ConfigurationError(f"unknown setting {key!r}; known: {', '.join(DEFAULTS)}")
             merged[key] = value
-    enabled = _enabled(merged["ENABLED"], environ)
+    enabled = _switch("ENABLED", merged["ENABLED"], environ)
     url_source = "QUEUE_URL"
     if environ.get("SEGMENT_MW_QUEUE_URL"):
         merged["QUEUE_URL"] = environ["SEGMENT_MW_QUEUE_URL"]
@@ -666,6 +672,7 @@ def load_settings(
         auth_signals=bool(merged["AUTH_SIGNALS"]),
         in_process_flusher=bool(in_process),
         enabled=enabled,
+        complete_in_worker=_switch("COMPLETE_IN_WORKER", merged["COMPLETE_IN_WORKER"], environ),
         dead_letter_max_events=int(merged["DEAD_LETTER_MAX_EVENTS"]),
         dead_letter_max_age=float(merged["DEAD_LETTER_MAX_AGE"]),
         queue_shards=shards,

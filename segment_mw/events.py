@@ -164,6 +164,7 @@ def build(
     default_integrations: Mapping[str, Any] | None = None,
     request: Request | None = None,
     with_page: bool = False,
+    defer: bool = True,
 ) -> Entry:
     """Validate and serialise one message; raise :class:`InvalidEvent` naming the field.
 
@@ -172,7 +173,8 @@ def build(
     ``context``; ``with_page`` puts its page fields under the properties too (a page
     call about the request's own visitor, as browsers send them). The event of a request
     is queued with the request's facts, its context made where it is delivered
-    (:func:`complete`), unless the caller gave a context of its own to merge.
+    (:func:`complete`), unless the caller gave a context of its own to merge or ``defer``
+    is False (``COMPLETE_IN_WORKER``).
     """
     uid = validated_id(user_id, "userId")
     aid = validated_id(anonymous_id, "anonymousId")
@@ -203,7 +205,7 @@ def build(
     message["integrations"] = merged_integrations
     message["channel"] = "server"
 
-    facts_json = request.facts_json if request is not None and not context else None
+    facts_json = request.facts_json if request is not None and defer and not context else None
     body = _deferred(message, facts_json, with_page) if facts_json is not None else None
     if body is None:
         base = request.context if request is not None else None
@@ -239,11 +241,14 @@ _PAGE_KEYS = frozenset({"path", "referrer", "search", "title", "url"})
 def _added_at_most(facts_json: bytes, with_page: bool) -> int:
     """What completing a message can add to it, at most: its context (and page fields).
 
-    The context repeats the page's parts (the url holds path and query again), parses
-    the client hints into objects and adds the library; every string in it is one of the
-    facts or shorter, escaped alike. A page's fields are the context's page again.
+    Every string of the context is one of the facts or made from one: the page's parts
+    (the url holds path and query again), the campaign from the query (percent-decoded:
+    ``%00``, three bytes, is written ``\\u0000``, six), the client hints parsed into
+    objects. Counting each fact once per place it can appear, twice for the campaign: the
+    query at most four times in the context, the rest at most twice; a page's fields are
+    the page again.
     """
-    return (4 if with_page else 3) * len(facts_json) + 2048
+    return (6 if with_page else 4) * len(facts_json) + 2048
 
 
 def _deferred(message: dict[str, Any], facts_json: bytes, with_page: bool) -> bytes | None:
@@ -285,7 +290,10 @@ def complete(body: bytes) -> bytes:
         raise InvalidEvent("a queued event's request facts are not JSON") from None
     if not isinstance(facts, dict):
         raise InvalidEvent("a queued event's request facts are not an object")
-    context = context_from(facts)
+    try:
+        context = context_from(facts)
+    except Exception as exc:  # facts of a shape no version wrote: never retried forever
+        raise InvalidEvent(f"a queued event's request facts are malformed ({exc!r:.100})") from None
     context["library"] = LIBRARY
     context_json = dumps(context)
     if body[1:2] == b"p" and len(pieces) == 3:

@@ -183,6 +183,8 @@ class Producer:
         After a failure, requests only buffer for a while (the queue is likely still
         away); the next push after that takes what was held, and exit pushes the rest.
         """
+        self._register_exit_hook()
+        self._act_on_lease(st, self.direct_queue)
         if time.monotonic() < st.inline_retry_at:
             return
         if self._push_some(st, self.direct_queue, kick=True):
@@ -210,11 +212,24 @@ class Producer:
                 )
                 st.thread = thread
                 thread.start()
-                if not self._exit_hook:
-                    # Registered once: a forked child inherits it, and close() then acts on
-                    # the child's own buffer.
-                    self._exit_hook = True
-                    atexit.register(self.close)
+                self._register_exit_hook()
+
+    def _register_exit_hook(self) -> None:
+        if not self._exit_hook:
+            # Registered once: a forked child inherits it, and close() then acts on the
+            # child's own buffer.
+            self._exit_hook = True
+            atexit.register(self.close)
+
+    def _act_on_lease(self, st: _State, queue: Queue) -> None:
+        """Ask for the flush a durable write took the kick lease for, once it is stored.
+
+        At once: while this process holds the lease, every push (its own included) finds
+        a flush "on its way", and none is until this one asks.
+        """
+        if st.lease_held and not st.unsure:
+            st.lease_held = False
+            self._request_flush(queue)
 
     def _run(self, st: _State) -> None:
         failures = 0
@@ -227,6 +242,7 @@ class Producer:
                 st.wake.wait(1.0)
                 st.wake.clear()
             st.idle = False
+            self._act_on_lease(st, self.queue)
             if st.buf or st.unsure:
                 self._gather(st, pushed_at)
                 pushed_at = time.monotonic()
@@ -351,8 +367,7 @@ class Producer:
             return True
         st = self._state.peek()
         if st is not None and st.lease_held:
-            st.lease_held = False
-            self._request_flush(queue)
+            self._act_on_lease(st, queue)
             return True
         try:
             if not queue.acquire(KICK_LEASE, KICK_TTL):

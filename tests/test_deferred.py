@@ -21,6 +21,7 @@ import pytest
 
 import segment_mw
 from segment_mw import events
+from segment_mw import scope as scope_mod
 from segment_mw.capture import RequestInfo, capture
 from segment_mw.config import load_settings
 from segment_mw.request_context import context_from
@@ -157,33 +158,84 @@ def junk(rng: random.Random, n: int) -> str:
 
 @pytest.mark.parametrize("seed", range(25))
 def test_completing_never_adds_more_than_the_bound(seed: int) -> None:
-    # Attacker-sized and awkward requests: escapes, many brands, a long query.
+    # Attacker-sized and awkward requests: escapes, many brands, a long query; from large
+    # (made whole at once, or refused) down to small enough to be queued with its facts.
     rng = random.Random(seed)
-    brands = ", ".join(
-        f'"{junk(rng, 8)}";v="{rng.randint(1, 99)}"' for _ in range(rng.randint(0, 40))
+    escapes = ["%00", "%22", "%5C", "%E2%80%A8", "+"]  # "%00" (3 bytes) is written "\\u0000"
+    deferred = 0
+    for scale in (1.0, 0.3, 0.1, 0.03):
+
+        def n(top: int, scale: float = scale) -> int:
+            return rng.randint(0, max(1, int(top * scale)))
+
+        brands = ", ".join(f'"{junk(rng, 8)}";v="{rng.randint(1, 99)}"' for _ in range(n(40)))
+        headers = {
+            "user-agent": junk(rng, 1 + n(3000)),
+            "accept-language": junk(rng, n(3000)),
+            "referer": "https://x.example/" + junk(rng, n(2000)),
+            "sec-ch-ua": brands,
+            "sec-ch-ua-full-version-list": brands,
+            "sec-ch-ua-platform": junk(rng, 50),
+        }
+        query = "&".join(
+            f"utm_{junk(rng, 5)}={junk(rng, 30)}{''.join(rng.choices(escapes, k=n(400)))}"
+            for _ in range(n(60))
+        )
+        scope = request_scope(headers, query)
+        for with_page in (False, True):
+            try:
+                entry = events.build(
+                    "page",
+                    events.page_fields("P", {}, None),
+                    anonymous_id="a",
+                    request=scope,
+                    with_page=with_page,
+                )
+            except segment_mw.InvalidEvent:
+                continue  # too large made whole, so refused at the call: what must happen
+            if entry.body.startswith(events.DEFERRED):
+                deferred += 1
+                added = len(events.complete(entry.body)) - len(entry.body)
+                assert added <= events._added_at_most(scope.facts_json, with_page)
+    assert deferred  # the bound was put to the test
+
+
+@pytest.mark.parametrize("with_page", [False, True])
+def test_a_campaign_of_escapes_stays_within_the_bound(with_page: bool) -> None:
+    # The worst a fact grows by: "%00" in a utm value, 3 bytes queued, "\\u0000" (6 bytes)
+    # in the campaign, beside the query's own copies in search and url (and the page's).
+    scope = request_scope({"user-agent": BROWSER}, "utm_x=" + "%00" * 1000)
+    entry = events.build(
+        "page",
+        events.page_fields("P", {}, None),
+        anonymous_id="a",
+        request=scope,
+        with_page=with_page,
     )
-    headers = {
-        "user-agent": junk(rng, rng.randint(1, 3000)),
-        "accept-language": junk(rng, rng.randint(0, 3000)),
-        "referer": "https://x.example/" + junk(rng, rng.randint(0, 2000)),
-        "sec-ch-ua": brands,
-        "sec-ch-ua-full-version-list": brands,
-        "sec-ch-ua-platform": junk(rng, 50),
-    }
-    query = "&".join(f"utm_{junk(rng, 5)}={junk(rng, 30)}" for _ in range(rng.randint(0, 60)))
-    scope = request_scope(headers, query)
-    facts_json = scope.facts_json
-    for with_page in (False, True):
-        entry = events.build(
+    assert entry.body.startswith(events.DEFERRED)
+    added = len(events.complete(entry.body)) - len(entry.body)
+    assert added <= events._added_at_most(scope.facts_json, with_page)
+
+
+def test_a_query_that_completing_would_make_too_large_is_refused_at_the_call() -> None:
+    scope = request_scope({"user-agent": BROWSER}, "utm_x=" + "%00" * 2300)
+    with pytest.raises(segment_mw.InvalidEvent, match="the limit is 32768"):
+        events.build(
             "page",
             events.page_fields("P", {}, None),
             anonymous_id="a",
             request=scope,
-            with_page=with_page,
+            with_page=True,
         )
-        if entry.body.startswith(events.DEFERRED):
-            added = len(events.complete(entry.body)) - len(entry.body)
-            assert added <= events._added_at_most(facts_json, with_page)
+
+
+def test_facts_of_an_unknown_shape_are_an_invalid_event_not_a_crash() -> None:
+    body = events.build(
+        "track", events.track_fields("E", {}), anonymous_id="a", request=request_scope()
+    ).body
+    malformed = body[: body.rindex(b"\x00") + 1] + b'{"lang": ["en"], "hints": 3}'
+    with pytest.raises(segment_mw.InvalidEvent, match="malformed"):
+        events.complete(malformed)
 
 
 def test_an_event_that_cannot_be_completed_is_dead_lettered_alone(
@@ -217,3 +269,29 @@ def test_a_scope_computes_its_context_once_and_shows_the_title() -> None:
     assert scope.context["page"]["title"] == "Blue Shoes"
     assert context_from(scope.facts)["page"]["title"] == "Blue Shoes"
     assert orjson.loads(scope.facts_json)["title"] == "Blue Shoes"
+
+
+def test_complete_in_worker_off_makes_every_event_whole_on_the_request_path() -> None:
+    # For a rolling deploy (or a rollback) with workers that predate the layout.
+    client = segment_mw.configure({"QUEUE_URL": "memory://", "COMPLETE_IN_WORKER": False})
+    captured: list[events.Entry] = []
+    client.listeners.append(captured.append)
+    with scope_mod.bound(request_scope()):
+        segment_mw.track("Whole", {"revenue": Decimal("1.50")})
+    (entry,) = captured
+    assert not entry.body.startswith(events.DEFERRED)
+    assert orjson.loads(entry.body)["context"]["page"]["path"] == "/products/shoes/"
+    assert b'"revenue":1.50' in entry.body
+
+
+def test_complete_in_worker_is_a_switch_the_environment_can_turn() -> None:
+    assert load_settings({}, environ={}).complete_in_worker is True
+    off = {"SEGMENT_MW_COMPLETE_IN_WORKER": "0"}
+    assert load_settings({}, environ=off).complete_in_worker is False
+
+
+def test_complete_in_worker_takes_only_a_switch() -> None:
+    with pytest.raises(segment_mw.ConfigurationError, match="COMPLETE_IN_WORKER"):
+        load_settings({"COMPLETE_IN_WORKER": "no"}, environ={})
+    with pytest.raises(segment_mw.ConfigurationError, match="SEGMENT_MW_COMPLETE_IN_WORKER"):
+        load_settings({}, environ={"SEGMENT_MW_COMPLETE_IN_WORKER": "maybe"})

@@ -417,9 +417,12 @@ class RedisQueue(Queue):
         if entries:
             self._push_new(entries, only, ())
 
-    def push_and_acquire(self, entries: Sequence[Entry], lease: str, ttl: float) -> bool:
+    def push_and_acquire(self, entries: Sequence[Entry], lease: str, ttl: float) -> bool | None:
         """``push`` then ``acquire`` in the same round trip; True when the lease was taken."""
-        return self._push_new(entries, None, (self._set_nx(lease, ttl),)) is not None
+        reply = self._push_new(entries, None, (self._set_nx(lease, ttl),))
+        if isinstance(reply, redis.ResponseError):
+            return None  # stored; the lease could not be tried (the producer asks later)
+        return reply is not None
 
     def push_again(self, pushes: Sequence[Push]) -> None:
         scripts: list[tuple[bytes, ...]] = []
@@ -507,12 +510,9 @@ class RedisQueue(Queue):
             if isinstance(reply, redis.ResponseError):
                 raise _Unsure() from reply
         self._replicated(acked)
-        if not tail:
-            return None
-        last = replies[-1]
-        if isinstance(last, redis.ResponseError):
-            raise last
-        return last
+        # The pushes are stored: the last command's error comes back as its reply, for the
+        # caller to tell from a failed push (which would be pushed again).
+        return replies[-1] if tail else None
 
     def _wait_command(self) -> list[tuple[bytes, ...]]:
         """``WAIT`` for QUEUE_WAIT_REPLICAS replicas, within the socket's timeout."""
