@@ -10,6 +10,8 @@ from segment_mw.delivery import Deliverer
 from segment_mw.producer import Producer
 from segment_mw.queue import open_queue
 
+from .slow_redis import SlowRedis
+
 
 def test_a_queue_that_fails_the_kick_lease_is_not_hammered(configure):
     client = configure()
@@ -106,3 +108,54 @@ def test_drain_waits_for_the_push_the_writer_thread_has_in_flight(configure):
     [record] = queue.read_new("log", "c", 10)  # in the queue by the time drain returned
     assert b'"event":"E"' in record.body
     producer.close(timeout=1)
+
+
+def test_a_durable_write_that_takes_the_kick_lease_asks_for_the_flush_at_once(
+    redis_settings, redis_client
+):
+    # The writer thread busy with buffered messages all along: the flush a durable write
+    # took the lease for must not wait until the buffer happens to be empty (every other
+    # process finds the lease held meanwhile, and asks for none).
+    from segment_mw import events
+    from segment_mw.config import load_settings
+
+    # Redis 2 ms away: the buffer is never empty between pushes.
+    proxy = SlowRedis(("127.0.0.1", 6379), late=1.0, delay=0.002).start()
+    url = proxy.url(int(redis_settings["QUEUE_URL"].rsplit("/", 1)[1]))
+    settings = load_settings(
+        {**redis_settings, "QUEUE_URL": url, "DESTINATIONS": {"log": {"type": "log"}}},
+        environ={},
+    )
+    queue = open_queue(settings.queue_url, prefix=settings.queue_prefix)
+    kicks: list[float] = []
+    producer = Producer(queue, settings, on_kick=lambda: kicks.append(time.monotonic()))
+    stop = threading.Event()
+
+    def entry() -> events.Entry:
+        return events.build("track", events.track_fields("E", {}), user_id="u")
+
+    def keep_busy() -> None:
+        while not stop.is_set():
+            producer.submit(entry())
+            time.sleep(0.0002)
+
+    busy = threading.Thread(target=keep_busy, daemon=True)
+    busy.start()
+    try:
+        time.sleep(0.3)
+        redis_client.delete(f"{settings.queue_prefix}:lease:kick")  # as a finished flush leaves it
+        kicks.clear()
+        started = time.monotonic()
+        producer.submit(entry(), durable=True)
+        assert redis_client.pttl(f"{settings.queue_prefix}:lease:kick") > 0  # it took the lease
+        deadline = started + 20.0
+        while not kicks and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert kicks, "no flush was asked for while the writer was busy"
+        # Prompt: well under the lease's 60 s, whatever the machine's load.
+        assert kicks[0] - started < 10.0
+    finally:
+        stop.set()
+        busy.join()
+        producer.close(1.0)
+        proxy.close()
