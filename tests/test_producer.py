@@ -159,3 +159,26 @@ def test_a_durable_write_that_takes_the_kick_lease_asks_for_the_flush_at_once(
         busy.join()
         producer.close(1.0)
         proxy.close()
+
+
+def test_without_threads_a_durable_write_that_takes_the_lease_asks_at_once(redis_settings):
+    # uWSGI without enable-threads: pushes run in the request, and one failed in the last
+    # second (its retry window): the lease a durable write took is acted on all the same.
+    from segment_mw import events
+    from segment_mw.config import load_settings
+
+    settings = load_settings(
+        {**redis_settings, "DESTINATIONS": {"log": {"type": "log"}}}, environ={}
+    )
+    queue = open_queue(settings.queue_url, prefix=settings.queue_prefix)
+    kicks: list[int] = []
+    producer = Producer(queue, settings, on_kick=lambda: kicks.append(1), direct_queue=queue)
+    state = producer._state.get()
+    state.threads_run = False
+    state.inline_retry_at = time.monotonic() + 60.0
+    producer.submit(
+        events.build("track", events.track_fields("Charge", {}), user_id="u"), durable=True
+    )
+    assert kicks == [1]
+    assert state.thread is None
+    assert producer._exit_hook  # and what it holds is drained at exit
