@@ -475,6 +475,10 @@ class Producer:
         if (st.buf or st.unsure or st.kick_wanted) and not self.drain(timeout):
             metrics.count("dropped", st.held)
             log.error("exiting with %d message(s) the queue could not take", st.held)
+            # Counted as dropped: a second close (the exit hook after an explicit one) must
+            # neither count them again nor push them after all.
+            st.buf.clear()
+            st.take_unsure()
         if st.untrimmed:
             self._trim_unrouted(st, now=True)
         st.thread = None

@@ -119,6 +119,13 @@ def test_an_unusable_state_directory_is_a_clear_configuration_error(
     assert cli.main(["status"], client=client, stdout=io.StringIO()) == 2
     assert "cannot open the SQLite queue" in err.getvalue()
     assert "the default: QUEUE_URL is not set" in err.getvalue()
+    # Closed here, the message the queue never took is counted dropped once, in the test
+    # (not again by the exit hook, at the end of the whole run).
+    producer = client.producer
+    with caplog.at_level(logging.ERROR, logger="segment_mw"):
+        producer.close(timeout=0.2)
+        producer.close(timeout=0.2)
+    assert metrics.counts()["dropped"] == 1
 
 
 def test_status_names_the_queue_without_its_password(redis_url, queue_prefix):
