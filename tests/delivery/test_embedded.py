@@ -67,11 +67,15 @@ if mode == "fork":
     result["child"] = child
     result["child_exit"] = code
     # Delivered while the parent still runs (by the child's exit hook, or by the parent's
-    # flusher if it read them first), not left for the parent's own exit.
-    deadline = time.monotonic() + 10
-    while not set(child) <= delivered() and time.monotonic() < deadline:
+    # flusher if it read them first), not left for the parent's own exit: to both
+    # destinations, however slowly a loaded machine gets round to the second.
+    def queued():
+        status = segment_mw.get_client().status()
+        return sum(d.queued + d.retrying for d in status.destinations.values())
+    deadline = time.monotonic() + 30
+    while (not set(child) <= delivered() or queued()) and time.monotonic() < deadline:
         time.sleep(0.01)
-    result["child_delivered"] = set(child) <= delivered()
+    result["child_delivered"] = set(child) <= delivered() and not queued()
 result["servers"] = sorted(m for m in sys.modules if m.split(".")[0] in ("redis", "celery"))
 print(json.dumps(result))
 """

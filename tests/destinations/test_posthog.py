@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 from posthog import Posthog
+from posthog import request as posthog_request
 
 from segment_mw import events
 
@@ -46,6 +47,10 @@ FROM_CONTEXT = {
 
 
 def sdk_events(sink, calls) -> list[dict]:
+    # The SDK keeps one module-wide HTTP session: a connection it kept alive to an earlier
+    # test's sink, on a port the system now gave this one, would be reused, and the SDK
+    # drops an event whose request fails (sync mode has no retries).
+    posthog_request._session.close()
     client = Posthog(KEY, host=sink.url, sync_mode=True, max_retries=0)
     try:
         for call in calls:
