@@ -70,7 +70,6 @@ class RequestContext:
     anonymous_id: str | None
     new_anonymous_id: bool  # minted here: the response should set the cookie
     opted_out: bool
-    user_agent: str | None = None
     # The ajs_user_id cookie, only where USER_ID_FROM_COOKIE opts in (pageviews only).
     cookie_user_id: str | None = None
 
@@ -88,7 +87,7 @@ class RequestContext:
     def is_bot(self) -> bool:
         # Asked only when a pageview or a cookie is at stake: an unseen user agent costs
         # a pass over the whole crawler list, which most requests never need.
-        return is_bot(self.user_agent)
+        return is_bot(self.facts.get("ua"))
 
 
 # -- addresses -----------------------------------------------------------------------
@@ -280,6 +279,5 @@ def capture(
         anonymous_id=anonymous_id,
         new_anonymous_id=minted,
         opted_out=opted_out,
-        user_agent=ua,
         cookie_user_id=cookie_user_id(info.cookies, settings),
     )
