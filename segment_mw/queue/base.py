@@ -189,7 +189,6 @@ class Backoff:
 class Queue(abc.ABC):
     """A durable, multi-consumer log of serialised messages."""
 
-    url_schemes: tuple[str, ...] = ()
     # Whether one thread may read the next batch while another sends and acknowledges
     # the last one (with a connection each): delivery then overlaps the two waits.
     concurrent_reads: bool = False

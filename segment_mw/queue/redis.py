@@ -316,7 +316,6 @@ def server_warnings(
 
 
 class RedisQueue(Queue):
-    url_schemes = ("redis", "rediss", "unix")
     # A read may run in another thread while this one acknowledges: redis-py's connection
     # pool is thread-safe. The deliverer reads the next batch while it sends this one.
     concurrent_reads = True

@@ -164,7 +164,6 @@ class _Shard(RedisQueue):
 class ShardedRedisQueue(Queue):
     """``QUEUE_SHARDS`` Redis streams read as one log; see the module's docstring."""
 
-    url_schemes = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
     concurrent_reads = True
 
     def __init__(

@@ -100,8 +100,6 @@ class _SQLiteLease(Lease):
 
 
 class SQLiteQueue(Queue):
-    url_schemes = ("sqlite", "memory")
-
     def __init__(
         self,
         url: str,
