@@ -30,20 +30,8 @@ from _common import environment, median, running_sink, table
 from segment_mw import events
 from segment_mw.config import load_settings
 from segment_mw.destinations import Destination, make_destination
+from tests.destinations.tools import CONTEXT  # the request context the tools' tests use
 
-CONTEXT = {
-    "ip": "203.0.113.7",
-    "userAgent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36",
-    "locale": "en-GB",
-    "page": {
-        "path": "/checkout",
-        "referrer": "https://search.example/?q=shoes",
-        "search": "",
-        "title": "Checkout",
-        "url": "https://shop.example/checkout",
-    },
-    "campaign": {"name": "winter", "source": "newsletter", "medium": "email"},
-}
 ORDER = {
     "order_id": "o-1",
     "total": 27.5,
