@@ -31,6 +31,9 @@ from .routing import Router
 log = logging.getLogger("segment_mw.delivery")
 
 _BODY = operator.attrgetter("body")
+_ID = operator.attrgetter("id")
+_ONLY = operator.attrgetter("only")
+_INTEGRATIONS = operator.attrgetter("integrations")
 _IS_DEFERRED = operator.methodcaller("startswith", events.DEFERRED)
 _ATTEMPTS = operator.attrgetter("attempts")
 MIN_BACKOFF = 0.5
@@ -303,8 +306,10 @@ class Deliverer:
         ack = acks.ack if acks is not None else queue.ack
         mine: list[Record] = []
         skipped: list[str] = []
-        for record in records:
-            if record.only is None and record.integrations is None:  # the common case
+        # The common case, checked in C: nothing in the read is routed specially.
+        plain = not any(map(_ONLY, records)) and not any(map(_INTEGRATIONS, records))
+        for record in () if plain else records:
+            if record.only is None and record.integrations is None:
                 mine.append(record)
                 continue
             if record.only is not None:  # a replayed copy is for one destination alone
@@ -318,7 +323,8 @@ class Deliverer:
                 skipped.append(record.id)
         if skipped:
             ack(name, skipped)
-        mine = self._completed(name, mine, report)  # only what this destination is sent
+        # Completed only for the destination that is sent them.
+        mine = self._completed(name, list(records) if plain else mine, report)
         max_events = min(settings.batch_max_events, dest.max_events or settings.batch_max_events)
         max_bytes = min(settings.batch_max_bytes, dest.max_bytes or settings.batch_max_bytes)
         todo = [
@@ -361,9 +367,9 @@ class Deliverer:
                     report.dead += len(outcome.refused)
                 pending = set(outcome.pending)
                 bad = {index for index, _ in outcome.refused} | pending
-                done = [r for i, r in enumerate(batch) if i not in bad]
+                done = [r for i, r in enumerate(batch) if i not in bad] if bad else batch
                 if done:
-                    ack(name, [r.id for r in done], delivered=len(done))
+                    ack(name, list(map(_ID, done)), delivered=len(done))
                 report.delivered += len(done)
                 if not pending:
                     continue

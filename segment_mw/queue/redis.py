@@ -20,10 +20,12 @@ import encodings.idna  # noqa: F401
 import hashlib
 import inspect
 import logging
+import operator
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from typing import Any
 
 import redis
@@ -102,6 +104,19 @@ _NO_CLIENT_INFO: dict[str, None] = (
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
+
+
+def _bodies_alone(fields: list[Any]) -> bool:
+    """Whether every entry holds its body alone (``e``), none trimmed: checked in C."""
+    try:
+        lengths = set(map(len, fields))
+    except TypeError:  # a trimmed entry (None)
+        return False
+    return lengths == {2} and all(map(operator.eq, map(_FIRST, fields), repeat(b"e")))
 
 
 def _id_time(entry_id: str) -> float:
@@ -594,22 +609,31 @@ class RedisQueue(Queue):
 
     def _records(self, raw: Any) -> tuple[list[Record], list[str]]:
         """Decode raw stream entries; ids of entries already trimmed come back separately."""
+        ids = list(map(bytes.decode, map(_FIRST, raw)))
+        fields = list(map(_SECOND, raw))
+        if _bodies_alone(fields):
+            # The common case, made in C throughout: a read hands out thousands of
+            # records, and a Python step per record cost as much as the read itself.
+            ms = map(int, map(_FIRST, map(str.partition, ids, repeat("-"))))
+            times = map(operator.truediv, ms, repeat(1000.0))
+            rows = zip(ids, map(_SECOND, fields), repeat(None), repeat(None), times, repeat(0))
+            return list(map(tuple.__new__, repeat(Record), rows)), []
         records: list[Record] = []
         gone: list[str] = []
-        for entry_id, fields in raw:
-            rid = entry_id.decode()
-            if not fields:
+        for rid, entry in zip(ids, fields, strict=True):
+            if not entry:
                 gone.append(rid)
                 continue
-            if len(fields) == 2 and fields[0] == b"e":  # the common case: a body alone
-                body, integrations, only = fields[1], None, None
-            else:
-                named = dict(zip(fields[::2], fields[1::2], strict=False))
-                body, integrations, only = named[b"e"], named.get(b"i"), named.get(b"o")
-                if only is not None:
-                    only = only.decode()
+            named = dict(zip(entry[::2], entry[1::2], strict=False))
+            only = named.get(b"o")
             records.append(
-                Record(rid, body, integrations, only, int(rid[: rid.index("-")]) / 1000.0, 0)
+                Record(
+                    rid,
+                    named[b"e"],
+                    named.get(b"i"),
+                    only.decode() if only is not None else None,
+                    _id_time(rid),
+                )
             )
         return records, gone
 
