@@ -31,9 +31,13 @@ LIBRARY = {"name": "segment_mw", "version": __version__}
 TYPES = ("track", "page", "screen", "identify", "group", "alias")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Entry:
-    """One serialised message as it travels through the queue."""
+    """One serialised message as it travels through the queue.
+
+    Read-only by convention (not frozen: a frozen dataclass takes a third of a
+    microsecond more to make, on every event).
+    """
 
     body: bytes
     integrations: bytes | None  # the merged integrations object; None when it is empty

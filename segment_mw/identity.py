@@ -12,6 +12,7 @@ sign-up, a first login) keeps its anonymous id, which is what merges the two pro
 
 from __future__ import annotations
 
+import operator
 import re
 import time
 import uuid
@@ -41,6 +42,7 @@ GA_SESSION_PREFIX = "_ga_"
 GA_STREAM = re.compile(r"[A-Z0-9]{4,20}", re.ASCII)
 GA_SESSION_ID = re.compile(r"[0-9]{1,20}", re.ASCII)
 GA_MAX_STREAMS = 4
+_IS_GA_SESSION = operator.methodcaller("startswith", GA_SESSION_PREFIX)
 COOKIE_MAX_AGE = 365 * 24 * 3600
 MAX_ID_LENGTH = 100
 _ID_OK = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: what an id can be
@@ -48,9 +50,12 @@ OPTED_OUT_ID = "opted-out"  # lent to a message built only to check the caller's
 
 
 # -- who an event is about -------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Identity:
-    """The ids of one event and what it takes from the request it was made in."""
+    """The ids of one event and what it takes from the request it was made in.
+
+    Read-only by convention (not frozen, which costs a third of a microsecond an event).
+    """
 
     user_id: str | None
     anonymous_id: str | None
@@ -145,6 +150,7 @@ def parse_id_cookie(raw: str | None) -> str | None:
     return value
 
 
+@memoize(max_bytes=128 * 1024, max_entry_bytes=256)  # the same cookie on every page view
 def ga_client_id(raw: str | None) -> str | None:
     """The GA4 client id in a ``_ga`` cookie (``GA1.1.1234567890.1700000000``), if valid."""
     if not raw or len(raw) > 64:
@@ -159,9 +165,10 @@ def ga_client_id(raw: str | None) -> str | None:
 def ga_session_ids(cookies: Mapping[str, str]) -> dict[str, str]:
     """The GA4 session id of each stream whose ``_ga_<stream>`` cookie the request had."""
     found: dict[str, str] = {}
-    for name, raw in cookies.items():
-        if not name.startswith(GA_SESSION_PREFIX) or len(found) >= GA_MAX_STREAMS:
-            continue
+    for name in filter(_IS_GA_SESSION, cookies):  # the filter runs in C: most cookies are not
+        if len(found) >= GA_MAX_STREAMS:
+            break
+        raw = cookies[name]
         stream = name[len(GA_SESSION_PREFIX) :]
         parts = raw.strip().split(".") if raw and len(raw) <= 200 else []
         if not GA_STREAM.fullmatch(stream) or len(parts) < 3:

@@ -3,9 +3,10 @@
 ``submit`` appends to an in-memory buffer (a deque append) and a writer thread pushes
 the buffer to the queue in pipelined batches, then kicks a flush (debounced across all
 processes by a lease in the queue). While messages keep coming it pushes at most once
-per ``BUFFER_MAX_DELAY`` (5 ms), gathering what arrives meanwhile into the same batch:
+per ``BUFFER_MAX_DELAY`` (20 ms), gathering what arrives meanwhile into the same batch:
 that, plus a push or two, is how long a message lives in memory only (what a hard crash
-can lose).
+can lose). Each push wakes the thread, which then takes the GIL from the app's threads:
+at 5 ms those wake-ups cost a busy process more than the pushes themselves.
 The buffer doubles as the bounded spill: while the queue is unreachable messages stay in
 it and are pushed when it returns; past ``SPILL_MAX_EVENTS`` new ones are dropped,
 counted and logged once per interval. ``submit(durable=True)`` writes synchronously (for
