@@ -492,6 +492,17 @@ def report(title: str, variants, results) -> bool:
                 r["settle"],
             ]
         )
+    floor = results["floor"]
+    rows.append(
+        [
+            "floor: the same event, no framework, no layers",
+            floor["wall"],
+            "-",
+            floor["cpu"],
+            "-",
+            floor["settle"],
+        ]
+    )
     print()
     print(title)
     print(
@@ -507,30 +518,22 @@ def report(title: str, variants, results) -> bool:
             rows,
         )
     )
-    floor = results["floor"]
-    rows.append(
-        [
-            "floor: the same event, no framework, no layers",
-            floor["wall"],
-            "-",
-            floor["cpu"],
-            "-",
-            floor["settle"],
-        ]
-    )
-    official_added = results["official"]["wall"] - bare["wall"]
-    ours_added = results["ours"]["wall"] - bare["wall"]
-    limit = official_added * TARGET_FRACTION
-    met = ours_added <= limit
-    print(
-        f"target: segment_mw adds <= half of the official library's added cost "
-        f"({ours_added:.1f} µs vs limit {limit:.1f} µs = {official_added:.1f} / 2): "
-        f"{'MET' if met else 'NOT MET'}"
-        f" (ours/official = {ours_added / official_added:.2f})"
-    )
+    met = True
+    for measure in ("wall", "cpu"):
+        official_added = results["official"][measure] - bare[measure]
+        ours_added = results["ours"][measure] - bare[measure]
+        limit = official_added * TARGET_FRACTION
+        met = met and ours_added <= limit
+        print(
+            f"target ({measure}): segment_mw adds <= half of the official library's added "
+            f"cost ({ours_added:.1f} µs vs limit {limit:.1f} µs = {official_added:.1f} / 2): "
+            f"{'MET' if ours_added <= limit else 'NOT MET'}"
+            f" (ours/official = {ours_added / official_added:.2f})"
+        )
+    ours_wall = results["ours"]["wall"] - bare["wall"]
     ours_cpu = results["ours"]["cpu"] - bare["cpu"]
     print(
-        f"floor: segment_mw adds {ours_added / floor['wall']:.1f}x the floor's wall time, "
+        f"floor: segment_mw adds {ours_wall / floor['wall']:.1f}x the floor's wall time, "
         f"{ours_cpu / floor['cpu']:.1f}x its CPU (aim: <= 2x)"
     )
     return met
