@@ -306,25 +306,24 @@ class Deliverer:
         ack = acks.ack if acks is not None else queue.ack
         mine: list[Record] = []
         skipped: list[str] = []
-        # The common case, checked in C: nothing in the read is routed specially.
-        plain = not any(map(_ONLY, records)) and not any(map(_INTEGRATIONS, records))
-        for record in () if plain else records:
-            if record.only is None and record.integrations is None:
-                mine.append(record)
-                continue
-            if record.only is not None:  # a replayed copy is for one destination alone
-                routed = record.only == name
-            else:
-                targets = self.router.targets(record.integrations)
-                routed = targets is None or name in targets
-            if routed:
-                mine.append(record)
-            else:
-                skipped.append(record.id)
+        if not any(map(_ONLY, records)) and not any(map(_INTEGRATIONS, records)):
+            mine = list(records)  # the common case, checked in C: nothing routed specially
+        else:
+            for record in records:
+                if record.only is not None:  # a replayed copy is for one destination alone
+                    routed = record.only == name
+                elif record.integrations is not None:
+                    targets = self.router.targets(record.integrations)
+                    routed = targets is None or name in targets
+                else:
+                    routed = True
+                if routed:
+                    mine.append(record)
+                else:
+                    skipped.append(record.id)
         if skipped:
             ack(name, skipped)
-        # Completed only for the destination that is sent them.
-        mine = self._completed(name, list(records) if plain else mine, report)
+        mine = self._completed(name, mine, report)  # only what this destination is sent
         max_events = min(settings.batch_max_events, dest.max_events or settings.batch_max_events)
         max_bytes = min(settings.batch_max_bytes, dest.max_bytes or settings.batch_max_bytes)
         todo = [

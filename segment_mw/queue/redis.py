@@ -119,6 +119,20 @@ def _bodies_alone(fields: list[Any]) -> bool:
     return lengths == {2} and all(map(operator.eq, map(_FIRST, fields), repeat(b"e")))
 
 
+def _record(rid: str, fields: list[bytes], attempts: int = 0) -> Record:
+    """A record from a stream entry's flat field list (``e``, and ``i`` / ``o`` if set)."""
+    named = dict(zip(fields[::2], fields[1::2], strict=False))
+    only = named.get(b"o")
+    return Record(
+        rid,
+        named[b"e"],
+        named.get(b"i"),
+        only.decode() if only is not None else None,
+        _id_time(rid),
+        attempts,
+    )
+
+
 def _id_time(entry_id: str) -> float:
     return int(entry_id.split("-", 1)[0]) / 1000.0
 
@@ -621,20 +635,10 @@ class RedisQueue(Queue):
         records: list[Record] = []
         gone: list[str] = []
         for rid, entry in zip(ids, fields, strict=True):
-            if not entry:
+            if entry:
+                records.append(_record(rid, entry))
+            else:
                 gone.append(rid)
-                continue
-            named = dict(zip(entry[::2], entry[1::2], strict=False))
-            only = named.get(b"o")
-            records.append(
-                Record(
-                    rid,
-                    named[b"e"],
-                    named.get(b"i"),
-                    only.decode() if only is not None else None,
-                    _id_time(rid),
-                )
-            )
         return records, gone
 
     def _grouped(self, destination: str, call: Any) -> Any:
@@ -677,21 +681,10 @@ class RedisQueue(Queue):
         gone: list[str] = []
         for raw_id, tried, fields in rows or ():
             rid = _text(raw_id)
-            if not fields:  # trimmed meanwhile
+            if fields:
+                records.append(_record(rid, fields, int(tried)))
+            else:  # trimmed meanwhile
                 gone.append(rid)
-                continue
-            named = dict(zip(fields[::2], fields[1::2], strict=False))
-            only = named.get(b"o")
-            records.append(
-                Record(
-                    rid,
-                    named[b"e"],
-                    named.get(b"i"),
-                    only.decode() if only is not None else None,
-                    _id_time(rid),
-                    int(tried),
-                )
-            )
         if gone:
             self.client.xack(self.stream, destination, *gone)
         return records
