@@ -150,7 +150,7 @@ def parse_id_cookie(raw: str | None) -> str | None:
     return value
 
 
-@memoize(max_bytes=128 * 1024, max_entry_bytes=256)  # the same cookie on every page view
+@memoize(max_bytes=128 * 1024, max_entry_bytes=512)  # the same cookie on every page view
 def ga_client_id(raw: str | None) -> str | None:
     """The GA4 client id in a ``_ga`` cookie (``GA1.1.1234567890.1700000000``), if valid."""
     if not raw or len(raw) > 64:

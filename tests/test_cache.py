@@ -82,3 +82,27 @@ def test_threads_share_a_cache_without_errors():
     assert seen == []
     assert memo.cache.nbytes <= 32 * 1024
     assert memo.cache.nbytes == sum(size for _, size in memo.cache._data.values())
+
+
+def test_each_request_cache_keeps_what_a_real_browser_sends():
+    """An entry budget below a real entry's size would compute every time and cache nothing."""
+    from segment_mw import bots, capture, identity, pageviews, request_context
+
+    user_agent = (
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
+    )
+    realistic = [
+        (identity.ga_client_id, "GA1.1.1234567890.1712345678"),
+        (identity.parse_id_cookie, "%220b9c3c2e-8f5d-4b0e-9a57-3f6d1c2b7e41%22"),
+        (bots.is_bot, user_agent),
+        (request_context.locale_from, "en-US,en;q=0.9,de;q=0.8"),
+        (request_context._parse_brands, '"Chromium";v="124", "Google Chrome";v="124"'),
+        (capture._clean_ip, "2001:db8:85a3::8a2e:370:7334"),
+        (pageviews._charset, "text/html; charset=utf-8"),
+    ]
+    for func, value in realistic:
+        func.cache_clear()
+        first = func(value)
+        assert func(value) == first
+        assert len(func.cache) == 1, f"{func.__name__} did not keep {value!r}"
