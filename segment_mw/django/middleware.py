@@ -142,7 +142,7 @@ def _host(request: HttpRequest) -> str:
     request description, and a site sees few distinct hosts.
     """
     meta = request.META
-    key = tuple(meta.get(k) for k in _HOST_META)
+    key = tuple(map(meta.get, _HOST_META))
     host = _hosts.get(key)
     if host is None:
         try:
