@@ -63,13 +63,29 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+# Header name as sent -> its lower-case text. Browsers send the same dozen or two names on
+# every request; the caps keep a flood of made-up names from growing it past 48 KiB
+# (those are decoded each time).
+_NAMES: dict[Any, str] = {}
+_MAX_NAMES = 512
+_MAX_NAME = 48
+
+
+def _name(raw: Any) -> str:
+    key = _text(raw).lower()
+    if type(raw) is bytes and len(raw) <= _MAX_NAME and len(_NAMES) < _MAX_NAMES:
+        _NAMES[raw] = key
+    return key
+
+
 def _headers(raw: Iterable[Any]) -> dict[str, str]:
     headers: dict[str, str] = {}
+    names = _NAMES
     for name, value in raw:
         try:  # bytes, as servers send them: the per-request hot path
-            key = name.decode("latin-1").lower()
+            key = names.get(name) or _name(name)
             text = value.decode("latin-1")
-        except AttributeError:  # str or a buffer from an unusual server
+        except (AttributeError, TypeError):  # str or a buffer from an unusual server
             key, text = _text(name).lower(), _text(value)
         if key in headers:
             # Repeated headers fold into one, as HTTP says, except cookies (RFC 6265).
@@ -287,6 +303,7 @@ class _Exchange:
         "scope",
         "send_next",
         "settings",
+        "view_opts",
     )
 
     def __init__(self, middleware: SegmentMiddleware, scope: ASGIScope, send: Send) -> None:
@@ -304,6 +321,7 @@ class _Exchange:
         self.body_started = False
         self.content_type: str | None = None
         self.encoded = False
+        self.view_opts: Mapping[str, Any] = {}  # the endpoint's @pageview options
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -335,15 +353,19 @@ class _Exchange:
     def start(self, message: Message) -> Message:
         rc, scope, settings = self.rc, self.scope, self.settings
         endpoint = scope.get("endpoint")
-        if endpoint is not None:
-            # The view's decorator under what the view set for this request.
-            for key, value in view_options(endpoint).items():
-                rc.scope.pageview.setdefault(key, value)
+        self.view_opts = view_options(endpoint) if endpoint is not None else {}
+        # The view's decorator under what the view set for this request.
+        for key, value in self.view_opts.items():
+            rc.scope.pageview.setdefault(key, value)
         headers = list(message.get("headers") or ())
         has_cookie = False
         cache_control = None
+        names = _NAMES
         for name, value in headers:
-            key = _text(name).lower()
+            try:
+                key = names.get(name) or _name(name)
+            except TypeError:  # an unhashable buffer from an unusual app
+                key = _text(name).lower()
             if key == "content-type":
                 self.content_type = _text(value)
             elif key == "content-encoding":
@@ -391,7 +413,7 @@ class _Exchange:
                 self.rc,
                 self.settings,
                 route_name=_route_name(self.scope),
-                view_opts=view_options(self.scope.get("endpoint")),
+                view_opts=self.view_opts,
             )
         except Exception:
             _failed("pageview")

@@ -61,7 +61,7 @@ class RequestInfo:
         )
 
 
-@dataclass(repr=False)
+@dataclass(slots=True, repr=False)
 class RequestContext:
     """What the request path knows of one request; its scope is bound for its duration."""
 

@@ -247,6 +247,24 @@ def test_request_info_decodes_and_joins_headers():
     assert info.method == "GET"
 
 
+def test_request_info_reads_header_names_of_any_type_a_server_sends():
+    # Servers send lower-case bytes; others send str or buffers, in any case.
+    info = request_info(
+        http_scope(
+            headers=[
+                (bytearray(b"User-Agent"), b"agent/1"),
+                ("Accept-Language", "de-DE"),
+                (memoryview(b"referer"), memoryview(b"https://ref.example/")),
+                (b"X-Custom", b"1"),
+            ]
+        )
+    )
+    assert info.headers["user-agent"] == "agent/1"
+    assert info.headers["accept-language"] == "de-DE"
+    assert info.headers["referer"] == "https://ref.example/"
+    assert info.headers["x-custom"] == "1"
+
+
 def test_request_info_host_falls_back_to_the_server():
     scope = http_scope(headers=[])
     assert request_info(scope).host == "example.com"

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
+from segment_mw import asgi
 from segment_mw.asgi import SegmentMiddleware
 
 from .conftest import HTML, NAVIGATION, call_asgi, http_scope
@@ -43,6 +44,9 @@ def hostile() -> dict[str, object]:
         "sec-ch-ua": f'"{junk(600)}";v="1"',
         "cookie": f"ajs_anonymous_id={junk(600)}; ajs_user_id={junk(600)}",
         "x-forwarded-for": ", ".join(junk(30) for _ in range(10)),
+        # Made-up header names: the middleware remembers the names browsers send.
+        f"x-{junk(16)}": "1",
+        junk(4096): "1",
     }
     return http_scope(headers=[(k.encode(), v.encode()) for k, v in headers.items()])
 
@@ -63,3 +67,5 @@ def test_a_flood_of_random_8kb_headers_does_not_grow_the_process(configure, redi
     gc.collect()
     grown = resident() - before
     assert grown < BOUND, f"{REQUESTS} hostile requests grew the process by {grown / 2**20:.1f} MiB"
+    assert len(asgi._NAMES) <= asgi._MAX_NAMES
+    assert max(map(len, asgi._NAMES)) <= asgi._MAX_NAME
