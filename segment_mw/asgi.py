@@ -64,8 +64,9 @@ def _text(value: Any) -> str:
 
 
 # Header name as sent -> its lower-case text. Browsers send the same dozen or two names on
-# every request; the caps keep a flood of made-up names from growing it past 48 KiB
-# (those are decoded each time).
+# every request; the caps keep a flood of made-up names from growing it past ~150 KiB
+# (those are decoded each time). A plain dict, not a cache.py memo: this is looked up for
+# every header of every request, where a memo's bookkeeping would cost what it saves.
 _NAMES: dict[Any, str] = {}
 _MAX_NAMES = 512
 _MAX_NAME = 48
@@ -78,11 +79,19 @@ def _name(raw: Any) -> str:
     return key
 
 
+def _header_name(raw: Any) -> str:
+    """The lower-case text of a header name, of whatever type the server or app used."""
+    try:
+        return _NAMES.get(raw) or _name(raw)
+    except TypeError:  # an unhashable buffer
+        return _text(raw).lower()
+
+
 def _headers(raw: Iterable[Any]) -> dict[str, str]:
     headers: dict[str, str] = {}
     names = _NAMES
     for name, value in raw:
-        try:  # bytes, as servers send them: the per-request hot path
+        try:  # bytes, as servers send them: the per-request hot path (_header_name inlined)
             key = names.get(name) or _name(name)
             text = value.decode("latin-1")
         except (AttributeError, TypeError):  # str or a buffer from an unusual server
@@ -360,12 +369,8 @@ class _Exchange:
         headers = list(message.get("headers") or ())
         has_cookie = False
         cache_control = None
-        names = _NAMES
         for name, value in headers:
-            try:
-                key = names.get(name) or _name(name)
-            except TypeError:  # an unhashable buffer from an unusual app
-                key = _text(name).lower()
+            key = _header_name(name)
             if key == "content-type":
                 self.content_type = _text(value)
             elif key == "content-encoding":

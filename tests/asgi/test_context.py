@@ -216,6 +216,29 @@ async def test_malformed_header_bytes_never_raise(segment_events):
     assert event["anonymousId"]  # the garbled cookie was not an id: a new one was minted
 
 
+async def _html_with_unusual_header_names(scope: Any, receive: Any, send: Any) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (bytearray(b"Content-Type"), b"text/html; charset=utf-8"),
+                ("Cache-Control", "no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": HTML.encode()})
+
+
+async def test_response_header_names_of_any_type_are_read(segment_events):
+    app = SegmentMiddleware(_html_with_unusual_header_names)
+    exchange = await call_asgi(app, http_scope())
+    assert exchange.status == 200
+    assert metrics.counts().get("middleware_error", 0) == 0
+    [event] = segment_events.of_type("page")  # the HTML content type was recognised
+    assert event["type"] == "page"
+
+
 def test_request_info_decodes_and_joins_headers():
     info = request_info(
         http_scope(
