@@ -122,7 +122,26 @@ def test_each_destination_reads_every_message_once(q: Queue) -> None:
     for record in seen_by_b:
         assert record.only is None
         assert record.integrations is None
-        assert before - 1.0 <= record.enqueued_at <= time.time() + 1.0
+        assert before - 1.0 <= q.enqueued_at(record) <= time.time() + 1.0
+
+
+def test_every_kind_of_read_tells_when_its_messages_were_queued(q: Queue) -> None:
+    """New, claimed and retried records alike: the retry budget is checked on all three."""
+    q.push(entries(1))
+    time.sleep(0.05)
+    before = time.time()
+    q.push(entries(2, tag="n"))
+    q.ensure_destinations(["A"])
+    first, *rest = q.read_new("A", "c1", 10)
+    claimed = q.claim_idle("A", "c2", 0.0, 10)
+    q.hold_for_retry("A", [r.id for r in rest], attempts=1)
+    retried = q.read_retry("A", 10)
+    assert len(claimed) == 3
+    assert len(retried) == 2
+    assert q.enqueued_at(first) < before - 0.01  # the first push's time, not the read's
+    for record in [*claimed[1:], *retried]:
+        assert before - 0.01 <= q.enqueued_at(record) <= time.time() + 0.01
+    assert q.enqueued_at(claimed[0]) == q.enqueued_at(first)
 
 
 def test_integrations_and_only_travel_with_the_message(q: Queue) -> None:

@@ -35,7 +35,9 @@ class Record(NamedTuple):
     body: bytes
     integrations: bytes | None
     only: str | None  # set by replay: the one destination this copy is for
-    enqueued_at: float  # seconds since the epoch
+    # Seconds since the epoch, where the backend stores it apart from the id; None where
+    # the id tells it (Redis): Queue.enqueued_at answers for either.
+    enqueued_at: float | None
     # Times it was sent to this destination and failed (X-Retry-Count): set by read_retry.
     attempts: int = 0
 
@@ -337,6 +339,16 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     def get_counts(self) -> dict[str, int]: ...
+
+    def enqueued_at(self, record: Record) -> float:
+        """When ``record``'s message was queued, in seconds since the epoch.
+
+        Asked only of records whose retry budget is checked: a backend whose ids hold the
+        time derives it here rather than for every record it reads.
+        """
+        if record.enqueued_at is None:
+            raise ValueError(f"{type(self).__name__}: record {record.id} has no enqueued_at")
+        return record.enqueued_at
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (called after fork and at exit)."""

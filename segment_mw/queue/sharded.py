@@ -44,7 +44,7 @@ from .base import (
     Record,
     ServerWarning,
 )
-from .redis import RedisQueue, ReplicasBehind, prepare_client, server_warnings
+from .redis import RedisQueue, ReplicasBehind, entry_time, prepare_client, server_warnings
 from .topology import Topology, open_topology
 from .urls import RedisTarget
 
@@ -351,6 +351,9 @@ class ShardedRedisQueue(Queue):
             got = self._call(shard.claim_idle, destination, consumer, min_idle, count - len(out))
             out.extend(_tag(shard.index, got))
         return out
+
+    def enqueued_at(self, record: Record) -> float:
+        return entry_time(_split_id(record.id)[1])
 
     def oldest_pending_idle(self, destination: str) -> float | None:
         idle = [
