@@ -125,6 +125,22 @@ def test_each_destination_reads_every_message_once(q: Queue) -> None:
         assert before - 1.0 <= q.enqueued_at(record) <= time.time() + 1.0
 
 
+def test_a_read_larger_than_a_slice_hands_out_every_message_in_order(q: Queue) -> None:
+    """Redis reads BATCH_MAX_EVENTS as several XREADGROUPs in one round trip (READ_SLICE)."""
+    pushed = entries(1234)
+    q.push(pushed)
+    q.ensure_destinations(["A"])
+    first = q.read_new("A", "c1", 1100)  # whole slices and a part of one
+    rest = q.read_new("A", "c1", 1100)  # the end of the log comes in the second slice
+    assert bodies(first) == [e.body for e in pushed[:1100]]
+    assert bodies(rest) == [e.body for e in pushed[1100:]]
+    assert q.read_new("A", "c1", 1100) == []
+    ids = [r.id for r in first + rest]
+    assert len(set(ids)) == len(ids)
+    q.ack("A", ids)
+    assert q.claim_idle("A", "c2", 0.0, 2000) == []  # every one was pending, and now none
+
+
 def test_every_kind_of_read_tells_when_its_messages_were_queued(q: Queue) -> None:
     """New, claimed and retried records alike: the retry budget is checked on all three."""
     q.push(entries(1))

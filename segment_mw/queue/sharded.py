@@ -44,7 +44,7 @@ from .base import (
     Record,
     ServerWarning,
 )
-from .redis import RedisQueue, ReplicasBehind, entry_time, prepare_client, server_warnings
+from .redis import RedisQueue, ReplicasBehind, entry_time, server_warnings
 from .topology import Topology, open_topology
 from .urls import RedisTarget
 
@@ -185,7 +185,7 @@ class ShardedRedisQueue(Queue):
         self.wait_replicas = wait_replicas
         self._clustered = target.kind == "cluster"
         self._topology: forks.ProcessLocal[Topology] = forks.ProcessLocal(
-            lambda: open_topology(target, timeout, prepare_client)
+            lambda: open_topology(target, timeout)
         )
         self._lock = threading.Lock()
         # Shards by key base; a record's id names its shard by its place in _handles, a

@@ -13,7 +13,6 @@ from __future__ import annotations
 import abc
 import inspect
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -74,10 +73,9 @@ class Topology(abc.ABC):
 
     clustered = False
 
-    def __init__(self, target: RedisTarget, timeout: float, prepare: Callable[[Any], Any]):
+    def __init__(self, target: RedisTarget, timeout: float):
         self.target = target
         self.timeout = timeout
-        self._prepare = prepare  # sets the queue's response callbacks on a new client
         self.where: str = str(hide_password(target.url))
 
     @abc.abstractmethod
@@ -96,15 +94,13 @@ class Topology(abc.ABC):
 
 
 class SingleServer(Topology):
-    def __init__(self, target: RedisTarget, timeout: float, prepare: Callable[[Any], Any]):
-        super().__init__(target, timeout, prepare)
+    def __init__(self, target: RedisTarget, timeout: float):
+        super().__init__(target, timeout)
         self._client: Any = None
 
     def client_for(self, key: bytes) -> Any:
         if self._client is None:
-            self._client = self._prepare(
-                redis.Redis.from_url(self.target.url, **connection_options(self.timeout))
-            )
+            self._client = redis.Redis.from_url(self.target.url, **connection_options(self.timeout))
         return self._client
 
     def masters(self) -> list[tuple[str, Any]]:
@@ -119,8 +115,8 @@ class SingleServer(Topology):
 class SentinelMaster(Topology):
     """The master the sentinels name; redis-py's pool asks them again after a failover."""
 
-    def __init__(self, target: RedisTarget, timeout: float, prepare: Callable[[Any], Any]):
-        super().__init__(target, timeout, prepare)
+    def __init__(self, target: RedisTarget, timeout: float):
+        super().__init__(target, timeout)
         self._client: Any = None
         self._sentinel: Any = None
 
@@ -141,10 +137,8 @@ class SentinelMaster(Topology):
             self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
                 list(self.target.nodes), sentinel_kwargs=sentinel_options, **options
             )
-            self._client = self._prepare(
-                self._sentinel.master_for(
-                    self.target.service, db=self.target.db, **url_options(self.target)
-                )
+            self._client = self._sentinel.master_for(
+                self.target.service, db=self.target.db, **url_options(self.target)
             )
         return self._client
 
@@ -166,8 +160,8 @@ class Cluster(Topology):
 
     clustered = True
 
-    def __init__(self, target: RedisTarget, timeout: float, prepare: Callable[[Any], Any]):
-        super().__init__(target, timeout, prepare)
+    def __init__(self, target: RedisTarget, timeout: float):
+        super().__init__(target, timeout)
         self._lock = threading.Lock()
         self._cluster: Any = None
         self._stale = False
@@ -202,9 +196,7 @@ class Cluster(Topology):
         client = self._nodes.get(name)
         if client is None:
             options = {**connection_options(self.timeout), **url_options(self.target)}
-            client = self._nodes.setdefault(
-                name, self._prepare(redis.Redis(host=host, port=port, **options))
-            )
+            client = self._nodes.setdefault(name, redis.Redis(host=host, port=port, **options))
         return client
 
     def client_for(self, key: bytes) -> Any:
@@ -237,10 +229,10 @@ class Cluster(Topology):
                 self._cluster = None
 
 
-def open_topology(target: RedisTarget, timeout: float, prepare: Callable[[Any], Any]) -> Topology:
+def open_topology(target: RedisTarget, timeout: float) -> Topology:
     kinds: dict[str, type[Topology]] = {
         "single": SingleServer,
         "sentinel": SentinelMaster,
         "cluster": Cluster,
     }
-    return kinds[target.kind](target, timeout, prepare)
+    return kinds[target.kind](target, timeout)
