@@ -570,9 +570,9 @@ class RedisQueue(Queue):
         """Send the commands in one write and read every reply (an error reply as its exception).
 
         A pipeline without redis-py's per-command bookkeeping, which cost three times as
-        much as Redis itself for each command. ``each`` turns every other reply into what
-        is kept of it as soon as it is read, before the next one is parsed. ``_NotSent``
-        when no connection could be had.
+        much as Redis itself for each command. ``each``, if given, turns each reply that
+        is not an error into what is kept of it as soon as it is read, before the next
+        one is parsed. ``_NotSent`` when no connection could be had.
         """
         try:  # the first use checks the server: nothing is sent before that either
             pool = self.client.connection_pool
@@ -631,7 +631,8 @@ class RedisQueue(Queue):
         fields = list(map(_SECOND, raw))
         if _bodies_alone(fields):
             # The common case, made in C throughout: a read hands out thousands of
-            # records, and a Python step per record cost as much as the read itself. No
+            # records (a slice at a time), and a Python step per record cost as much as
+            # the read itself. No
             # time either: the id holds it, and only a retry budget's check asks for it
             # (working it out from every id was 40 % of this).
             nothing = repeat(None)
