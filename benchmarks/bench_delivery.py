@@ -184,7 +184,10 @@ def run_floor(n: int, count: int, slice_size: int = 0) -> dict[str, float]:
         sizes = [min(step, left) for left in range(count, 0, -step)]
         # On the connection itself: the replies as hiredis parsed them, no redis-py
         # callbacks (a dict per message) and no pipeline bookkeeping.
-        conn = client.connection_pool.get_connection()
+        try:
+            conn = client.connection_pool.get_connection()
+        except TypeError:  # redis-py before 5.3 wants a command name
+            conn = client.connection_pool.get_connection("XREADGROUP")
         reads = conn.pack_commands(
             [
                 ("XREADGROUP", "GROUP", "g", "c", "COUNT", size, "STREAMS", stream, ">")

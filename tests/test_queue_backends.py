@@ -470,6 +470,46 @@ def test_redis_losing_its_data_recreates_the_groups(
         q.close()
 
 
+def test_redis_read_keeps_the_slices_served_when_one_is_refused(
+    redis_url: str, queue_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entries of the slices Redis served are this consumer's now: they are kept.
+
+    The second slice of a read is replaced by a real command Redis refuses (a group that
+    does not exist), in the same pipeline as the others.
+    """
+    from segment_mw import metrics
+    from segment_mw.queue import redis as redis_queue
+
+    q = open_queue(redis_url, prefix=queue_prefix)
+    assert isinstance(q, RedisQueue)
+    pushed = entries(600)
+    q.push(pushed)
+    q.ensure_destinations(["A"])
+    real = RedisQueue._pipeline
+
+    def second_refused(self: RedisQueue, commands: Any, each: Any = None) -> list[Any]:
+        if len(commands) > 1 and commands[1][0] == b"XREADGROUP":
+            refused = (*commands[1][:2], b"no-such-group", *commands[1][3:])
+            commands = [commands[0], refused, *commands[2:]]
+        return real(self, commands, each)
+
+    monkeypatch.setattr(RedisQueue, "_pipeline", second_refused)
+    monkeypatch.setattr(redis_queue, "READ_SLICE", 250)
+    before = metrics.counts().get("read_slice_failed", 0)
+    try:
+        got = q.read_new("A", "c1", 750)  # slices of 250: served, refused, served
+        # The third slice took what the second would have: nothing is skipped or reordered.
+        assert bodies(got) == [e.body for e in pushed[:500]]
+        assert metrics.counts()["read_slice_failed"] == before + 1
+        monkeypatch.setattr(RedisQueue, "_pipeline", real)
+        assert bodies(q.read_new("A", "c1", 750)) == [e.body for e in pushed[500:]]
+        # (Every slice refused, a group lost to a restart: the read raises and the group is
+        # made again, test_redis_losing_its_data_recreates_the_groups.)
+    finally:
+        q.close()
+
+
 def test_redis_status_counts_unread_once_when_redis_cannot_tell_the_lag(
     redis_url: str, queue_prefix: str, redis_client: redis.Redis
 ) -> None:

@@ -674,10 +674,24 @@ class RedisQueue(Queue):
                 slices = self._pipeline(commands, each=self._slice)
             except _NotSent as exc:
                 raise (exc.__cause__ or exc) from None
-            for piece in slices:
-                if isinstance(piece, redis.ResponseError):
-                    raise piece  # a group lost to a restart (NOGROUP) is made again
-            return slices
+            failed = [p for p in slices if isinstance(p, redis.ResponseError)]
+            if not failed:
+                return slices
+            if len(failed) == len(slices):
+                raise failed[0]  # a group lost to a restart (NOGROUP) is made again
+            # The slices Redis served handed their entries to this consumer: they are kept
+            # (in order: a refused slice took none, the next one took what it would have).
+            metrics.count("read_slice_failed")
+            metrics.warn_once_per_interval(
+                "read_slice_failed",
+                "destination %s: %d of a read's %d slices were refused (%s)",
+                destination,
+                len(failed),
+                len(slices),
+                failed[0],
+                logger=log,
+            )
+            return [p for p in slices if not isinstance(p, redis.ResponseError)]
 
         records: list[Record] = []
         gone: list[str] = []
