@@ -98,12 +98,8 @@ _SECOND = operator.itemgetter(1)
 
 
 def _bodies_alone(fields: list[Any]) -> bool:
-    """Whether every entry holds its body alone (``e``), none trimmed: checked in C."""
-    try:
-        lengths = set(map(len, fields))
-    except TypeError:  # a trimmed entry (None)
-        return False
-    return lengths == {2} and all(map(operator.eq, map(_FIRST, fields), repeat(b"e")))
+    """Whether every entry holds its body alone (``e``): checked in C."""
+    return set(map(len, fields)) == {2} and all(map(operator.eq, map(_FIRST, fields), repeat(b"e")))
 
 
 def _record(rid: str, fields: list[bytes], attempts: int = 0) -> Record:
@@ -602,12 +598,20 @@ class RedisQueue(Queue):
             pool.release(conn)
         return replies
 
-    def _run(self, commands: Sequence[tuple[bytes | str, ...]]) -> Any:
-        """``_pipeline``, raising the first error reply; else the last reply."""
+    def _replies(
+        self,
+        commands: Sequence[tuple[bytes | str, ...]],
+        each: Callable[[Any], Any] | None = None,
+    ) -> list[Any]:
+        """``_pipeline``, raising the connection's own error when nothing could be sent."""
         try:
-            replies = self._pipeline(commands)
+            return self._pipeline(commands, each)
         except _NotSent as exc:
             raise (exc.__cause__ or exc) from None
+
+    def _run(self, commands: Sequence[tuple[bytes | str, ...]]) -> Any:
+        """``_pipeline``, raising the first error reply; else the last reply."""
+        replies = self._replies(commands)
         for reply in replies:
             if isinstance(reply, redis.ResponseError):
                 raise reply
@@ -625,27 +629,22 @@ class RedisQueue(Queue):
                     raise
             self._known_groups.add(name)
 
-    def _records(self, raw: Any) -> tuple[list[Record], list[str]]:
-        """Decode raw stream entries; ids of entries already trimmed come back separately."""
+    def _records(self, reply: Any) -> list[Record]:
+        """The records of one ``XREADGROUP ... >`` reply (new entries: none trimmed)."""
+        if not reply:
+            return []
+        raw = reply[0][1]
         ids = list(map(bytes.decode, map(_FIRST, raw)))
         fields = list(map(_SECOND, raw))
         if _bodies_alone(fields):
             # The common case, made in C throughout: a read hands out thousands of
             # records (a slice at a time), and a Python step per record cost as much as
-            # the read itself. No
-            # time either: the id holds it, and only a retry budget's check asks for it
-            # (working it out from every id was 40 % of this).
+            # the read itself. No time either: the id holds it, and only a retry
+            # budget's check asks for it (working it out from every id was 40 % of this).
             nothing = repeat(None)
             rows = zip(ids, map(_SECOND, fields), nothing, nothing, nothing, repeat(0))
-            return list(map(tuple.__new__, repeat(Record), rows)), []
-        records: list[Record] = []
-        gone: list[str] = []
-        for rid, entry in zip(ids, fields, strict=True):
-            if entry:
-                records.append(_record(rid, entry))
-            else:
-                gone.append(rid)
-        return records, gone
+            return list(map(tuple.__new__, repeat(Record), rows))
+        return list(map(_record, ids, fields))
 
     def _grouped(self, destination: str, call: Any) -> Any:
         """Run a group command; recreate the group once if Redis lost it (a restart)."""
@@ -659,9 +658,6 @@ class RedisQueue(Queue):
             self.ensure_destinations([destination])
             return call()
 
-    def _slice(self, reply: Any) -> tuple[list[Record], list[str]]:
-        return self._records(reply[0][1]) if reply else ([], [])
-
     def read_new(self, destination: str, consumer: str, count: int) -> list[Record]:
         group, name, stream = destination.encode(), consumer.encode(), self._stream_key
         commands = [
@@ -669,15 +665,13 @@ class RedisQueue(Queue):
             for size in map(min, repeat(READ_SLICE), range(count, 0, -READ_SLICE))
         ]
 
-        def read() -> list[Any]:
-            try:
-                slices = self._pipeline(commands, each=self._slice)
-            except _NotSent as exc:
-                raise (exc.__cause__ or exc) from None
+        def read() -> list[list[Record]]:
+            slices = self._replies(commands, each=self._records)
+            served = [p for p in slices if not isinstance(p, redis.ResponseError)]
+            if len(served) == len(slices):
+                return served
             failed = [p for p in slices if isinstance(p, redis.ResponseError)]
-            if not failed:
-                return slices
-            if len(failed) == len(slices):
+            if not served:
                 raise failed[0]  # a group lost to a restart (NOGROUP) is made again
             # The slices Redis served handed their entries to this consumer: they are kept
             # (in order: a refused slice took none, the next one took what it would have).
@@ -691,16 +685,9 @@ class RedisQueue(Queue):
                 failed[0],
                 logger=log,
             )
-            return [p for p in slices if not isinstance(p, redis.ResponseError)]
+            return served
 
-        records: list[Record] = []
-        gone: list[str] = []
-        for got, trimmed in self._grouped(destination, read):
-            records += got
-            gone += trimmed
-        if gone:
-            self.client.xack(self.stream, destination, *gone)
-        return records
+        return [record for got in self._grouped(destination, read) for record in got]
 
     def read_retry(self, destination: str, count: int) -> list[Record]:
         rows = self._grouped(
