@@ -134,7 +134,8 @@ class SentinelMaster(Topology):
             for name in ("sentinel_password", "sentinel_username"):
                 if name in sentinel_options:
                     sentinel_options[name.removeprefix("sentinel_")] = sentinel_options.pop(name)
-            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            # Typed from redis-py 8.2 on, untyped in the older versions we accept.
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
                 list(self.target.nodes), sentinel_kwargs=sentinel_options, **options
             )
             self._client = self._sentinel.master_for(
