@@ -25,16 +25,11 @@ from . import events, metrics
 from .config import Settings
 from .destinations import Destination, Outcome, make_destination
 from .errors import InvalidEvent
-from .queue import Backoff, Lease, Queue, Record
+from .queue import Backoff, Lease, Queue, Record, Records
 from .routing import Router
 
 log = logging.getLogger("segment_mw.delivery")
 
-_BODY = operator.attrgetter("body")
-_ID = operator.attrgetter("id")
-_ONLY = operator.attrgetter("only")
-_INTEGRATIONS = operator.attrgetter("integrations")
-_ATTEMPTS = operator.attrgetter("attempts")
 MIN_BACKOFF = 0.5
 MAX_BACKOFF = 60.0
 
@@ -69,9 +64,7 @@ def backoff_delay(attempts: int, retry_after: float | None) -> float:
     return max(MIN_BACKOFF, random.uniform(base / 2, base))
 
 
-def batches(
-    records: list[Record], max_events: int, max_bytes: int, overhead: int
-) -> Iterator[list[Record]]:
+def batches(records: Records, max_events: int, max_bytes: int, overhead: int) -> Iterator[Records]:
     """Split into requests of at most ``max_events`` messages and ``max_bytes`` bytes.
 
     Cut points are found by bisecting the running sizes (computed in C): a read holds
@@ -79,7 +72,7 @@ def batches(
     batching together.
     """
     # ends[i]: the bytes of records[:i + 1] in a request body, a separator after each.
-    ends = list(accumulate(map(operator.add, map(len, map(_BODY, records)), repeat(1))))
+    ends = list(accumulate(map(operator.add, map(len, records.bodies), repeat(1))))
     start, done = 0, 0
     while start < len(records):
         # The longest run from ``start`` within both limits, and never an empty one (a
@@ -187,10 +180,10 @@ class Deliverer:
         """
         name, queue, count = dest.name, self.queue, self.settings.batch_max_events
 
-        def read() -> list[Record]:
+        def read() -> Records:
             return queue.read_new(name, consumer, count)
 
-        def deliver(records: list[Record], read_at: float) -> bool:
+        def deliver(records: Records, read_at: float) -> bool:
             return self._deliver(dest, records, backoff, report, read_at=read_at, consumer=consumer)
 
         if not queue.concurrent_reads:
@@ -226,7 +219,7 @@ class Deliverer:
                     # A back-off began: what was read meanwhile waits with the parked batch
                     # (never sent, so not counted as tried), unless it waited long enough
                     # to be claimed by another consumer, whose it is now.
-                    ids = self._still_held(name, consumer, [r.id for r in records], read_at)
+                    ids = self._still_held(name, consumer, records.ids, read_at)
                     queue.hold_for_retry(name, ids, attempts=0)
                     break
             acks.wait()
@@ -250,25 +243,29 @@ class Deliverer:
             )
         return held
 
-    def _completed(self, name: str, records: list[Record], report: FlushReport) -> list[Record]:
+    def _completed(self, name: str, records: Records, report: FlushReport) -> Records:
         """The records with their messages made whole (a request's events carry its facts).
 
         One that cannot be completed is dead-lettered alone, with the reason.
         """
-        if not any(map(bytes.startswith, map(_BODY, records), repeat(events.DEFERRED))):
+        bodies = records.bodies
+        if not any(map(bytes.startswith, bodies, repeat(events.DEFERRED))):
             return records  # checked in C, without a method call per record
-        whole: list[Record] = []
-        for record in records:
-            if record.body.startswith(events.DEFERRED):
-                try:
-                    record = record._replace(body=events.complete(record.body))
-                except InvalidEvent as exc:
-                    log.warning("destination %s: a message dead-lettered: %s", name, exc)
-                    self._dead_letter(name, [record], str(exc))
-                    report.dead += 1
-                    continue
-            whole.append(record)
-        return whole
+        whole: list[bytes] = []
+        failed: set[int] = set()
+        for index, body in enumerate(bodies):
+            try:
+                body = events.complete(body)  # a whole message comes back as it is
+            except InvalidEvent as exc:
+                log.warning("destination %s: a message dead-lettered: %s", name, exc)
+                self._dead_letter(name, [records[index]], str(exc))
+                report.dead += 1
+                failed.add(index)
+            whole.append(body)
+        completed = records.with_bodies(whole)
+        if not failed:
+            return completed
+        return Records.of(r for i, r in enumerate(completed) if i not in failed)
 
     def _dead_letter(self, name: str, records: Sequence[Record], error: str) -> None:
         dropped = self.queue.dead_letter(name, records, error)
@@ -283,7 +280,7 @@ class Deliverer:
     def _deliver(
         self,
         dest: Destination,
-        records: Sequence[Record],
+        records: Records,
         backoff: Backoff,
         report: FlushReport,
         *,
@@ -303,11 +300,11 @@ class Deliverer:
         """
         name, queue, settings = dest.name, self.queue, self.settings
         ack = acks.ack if acks is not None else queue.ack
-        mine: list[Record] = []
         skipped: list[str] = []
-        if not any(map(_ONLY, records)) and not any(map(_INTEGRATIONS, records)):
-            mine = list(records)  # the common case, checked in C: nothing routed specially
+        if not any(records.only) and not any(records.integrations):
+            mine = records  # the common case, checked in C: nothing routed specially
         else:
+            routed_here: list[Record] = []
             for record in records:
                 if record.only is not None:  # a replayed copy is for one destination alone
                     routed = record.only == name
@@ -317,9 +314,10 @@ class Deliverer:
                 else:
                     routed = True
                 if routed:
-                    mine.append(record)
+                    routed_here.append(record)
                 else:
                     skipped.append(record.id)
+            mine = Records.of(routed_here)
         if skipped:
             ack(name, skipped)
         mine = self._completed(name, mine, report)  # only what this destination is sent
@@ -335,16 +333,20 @@ class Deliverer:
                 log.warning("destination %s: the retry lease lapsed; leaving the rest", name)
                 return False
             if consumer is not None and time.monotonic() - read_at >= settings.claim_idle / 10:
-                ids = [r.id for rest in todo for r in rest]
+                ids = [rid for rest in todo for rid in rest.ids]
                 read_at = time.monotonic()
                 held = set(self._touch(name, consumer, ids))
                 if len(held) < len(ids):
-                    todo = [kept for rest in todo if (kept := [r for r in rest if r.id in held])]
+                    todo = [
+                        kept
+                        for rest in todo
+                        if (kept := Records.of(r for r in rest if r.id in held))
+                    ]
                     if not todo:
                         break
             batch = todo.pop(0)
-            attempt = batch[0].attempts
-            outcome = dest.send(list(map(_BODY, batch)), attempt=attempt)
+            attempt = batch.attempts[0]
+            outcome = dest.send(batch.bodies, attempt=attempt)
             counted = metrics.take_unreported()  # what the destination counted (dropped values)
             if counted:
                 try:
@@ -365,14 +367,16 @@ class Deliverer:
                     report.dead += len(outcome.refused)
                 pending = set(outcome.pending)
                 bad = {index for index, _ in outcome.refused} | pending
-                done = [r for i, r in enumerate(batch) if i not in bad] if bad else batch
+                done = batch.ids
+                if bad:
+                    done = [rid for i, rid in enumerate(done) if i not in bad]
                 if done:
-                    ack(name, list(map(_ID, done)), delivered=len(done))
+                    ack(name, done, delivered=len(done))
                 report.delivered += len(done)
                 if not pending:
                     continue
                 # The rest failed for a passing reason: retried alone, as a failed batch.
-                batch = [r for i, r in enumerate(batch) if i in pending]
+                batch = Records.of(r for i, r in enumerate(batch) if i in pending)
                 outcome = Outcome.transient(outcome.error or "not delivered", outcome.retry_after)
             error = outcome.error or "unknown error"
             if not outcome.retry:
@@ -391,7 +395,7 @@ class Deliverer:
                 continue
             # Transient: park this batch and everything after it, back off for everyone.
             cutoff = time.time() - settings.retry_budget
-            left = batch + [r for rest in todo for r in rest]
+            left = [*batch, *(r for rest in todo for r in rest)]
             enqueued_at = queue.enqueued_at
             expired = [r for r in left if enqueued_at(r) < cutoff]
             if expired:
@@ -455,7 +459,14 @@ class _Acks:
             future.result()
 
 
-def _same_attempts(records: list[Record]) -> Iterator[list[Record]]:
+def _same_attempts(records: Records) -> Iterator[Records]:
     """Runs of consecutive records tried the same number of times."""
-    for _tries, run in groupby(records, key=_ATTEMPTS):
-        yield list(run)
+    attempts = records.attempts
+    if not attempts or attempts.count(attempts[0]) == len(attempts):
+        yield records  # the common case: a read of new messages, or of one retried batch
+        return
+    start = 0
+    for _tries, run in groupby(attempts):
+        stop = start + sum(1 for _ in run)
+        yield records[start:stop]
+        start = stop

@@ -16,7 +16,7 @@ import segment_mw
 from segment_mw.client import Client
 from segment_mw.delivery import batches
 from segment_mw.destinations.http import HttpBatchDestination, SegmentDestination
-from segment_mw.queue import Record
+from segment_mw.queue import Record, Records
 from segment_mw.testing import CapturedEvents
 
 from .sink import Received, Sink
@@ -25,14 +25,14 @@ MAX_EVENTS = 2500
 MAX_BYTES = 475_000
 
 
-def records(sizes: list[int]) -> list[Record]:
-    return [
+def records(sizes: list[int]) -> Records:
+    return Records.of(
         Record(id=str(i), body=b"x" * size, integrations=None, only=None, enqueued_at=0.0)
         for i, size in enumerate(sizes)
-    ]
+    )
 
 
-def framed(batch: list[Record], overhead: int) -> int:
+def framed(batch: Records, overhead: int) -> int:
     return overhead + sum(len(r.body) + 1 for r in batch)
 
 
@@ -65,7 +65,7 @@ def test_an_oversized_record_travels_alone() -> None:
 
 
 def test_empty_input_makes_no_batch() -> None:
-    assert list(batches([], MAX_EVENTS, MAX_BYTES, 64)) == []
+    assert list(batches(Records([], []), MAX_EVENTS, MAX_BYTES, 64)) == []
 
 
 def greedy(sizes: list[int], max_events: int, max_bytes: int, overhead: int) -> list[int]:

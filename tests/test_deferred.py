@@ -251,13 +251,23 @@ def test_an_event_that_cannot_be_completed_is_dead_lettered_alone(
     broken = events.Entry(
         good.body[: good.body.rindex(b"\x00")] + b"\x00{not json", None, "x", "track"
     )
-    client.producer.submit(good)
-    client.producer.submit(broken)
+    after = events.build(
+        "track", events.track_fields("After", {}), anonymous_id="a", request=request_scope()
+    )
+    whole = events.build("track", events.track_fields("Whole", {}), anonymous_id="a")
+    for entry in (good, broken, after, whole):  # one read: those after the broken one too
+        client.producer.submit(entry)
     assert client.flush(10) is True
     delivered = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [e["event"] for e in delivered] == ["Good"]
+    assert [e["event"] for e in delivered] == ["Good", "After", "Whole"]
+    assert [e["messageId"] for e in delivered] == [
+        good.message_id,
+        after.message_id,
+        whole.message_id,
+    ]
+    assert delivered[1]["context"]["page"] == delivered[0]["context"]["page"]  # made whole
     status = client.status().destinations["file"]
-    assert (status.delivered, status.dead) == (1, 1)
+    assert (status.delivered, status.dead) == (3, 1)
     assert any("request facts are not JSON" in r.getMessage() for r in caplog.records)
 
 

@@ -16,6 +16,7 @@ from .base import (
     Queue,
     QueueStatus,
     Record,
+    Records,
     ServerWarning,
 )
 from .urls import REDIS_SCHEMES, parse_redis_url
@@ -34,6 +35,7 @@ __all__ = [
     "Queue",
     "QueueStatus",
     "Record",
+    "Records",
     "ServerWarning",
     "open_queue",
 ]

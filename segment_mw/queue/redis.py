@@ -50,6 +50,7 @@ from .base import (
     Queue,
     QueueStatus,
     Record,
+    Records,
     ServerWarning,
 )
 from .topology import block_ms
@@ -629,10 +630,10 @@ class RedisQueue(Queue):
                     raise
             self._known_groups.add(name)
 
-    def _records(self, reply: Any) -> list[Record]:
+    def _records(self, reply: Any) -> Records:
         """The records of one ``XREADGROUP ... >`` reply (new entries: none trimmed)."""
         if not reply:
-            return []
+            return Records([], [])
         raw = reply[0][1]
         ids = list(map(bytes.decode, map(_FIRST, raw)))
         fields = list(map(_SECOND, raw))
@@ -641,10 +642,8 @@ class RedisQueue(Queue):
             # records (a slice at a time), and a Python step per record cost as much as
             # the read itself. No time either: the id holds it, and only a retry
             # budget's check asks for it (working it out from every id was 40 % of this).
-            nothing = repeat(None)
-            rows = zip(ids, map(_SECOND, fields), nothing, nothing, nothing, repeat(0))
-            return list(map(tuple.__new__, repeat(Record), rows))
-        return list(map(_record, ids, fields))
+            return Records(ids, list(map(_SECOND, fields)))
+        return Records.of(map(_record, ids, fields))
 
     def _grouped(self, destination: str, call: Any) -> Any:
         """Run a group command; recreate the group once if Redis lost it (a restart)."""
@@ -658,14 +657,14 @@ class RedisQueue(Queue):
             self.ensure_destinations([destination])
             return call()
 
-    def read_new(self, destination: str, consumer: str, count: int) -> list[Record]:
+    def read_new(self, destination: str, consumer: str, count: int) -> Records:
         group, name, stream = destination.encode(), consumer.encode(), self._stream_key
         commands = [
             (b"XREADGROUP", b"GROUP", group, name, b"COUNT", b"%d" % size, b"STREAMS", stream, b">")
             for size in map(min, repeat(READ_SLICE), range(count, 0, -READ_SLICE))
         ]
 
-        def read() -> list[list[Record]]:
+        def read() -> list[Records]:
             slices = self._replies(commands, each=self._records)
             served = [p for p in slices if not isinstance(p, redis.ResponseError)]
             if len(served) == len(slices):
@@ -687,9 +686,9 @@ class RedisQueue(Queue):
             )
             return served
 
-        return [record for got in self._grouped(destination, read) for record in got]
+        return Records.join(self._grouped(destination, read))
 
-    def read_retry(self, destination: str, count: int) -> list[Record]:
+    def read_retry(self, destination: str, count: int) -> Records:
         rows = self._grouped(
             destination,
             lambda: self.client.eval(
@@ -706,11 +705,9 @@ class RedisQueue(Queue):
                 gone.append(rid)
         if gone:
             self.client.xack(self.stream, destination, *gone)
-        return records
+        return Records.of(records)
 
-    def claim_idle(
-        self, destination: str, consumer: str, min_idle: float, count: int
-    ) -> list[Record]:
+    def claim_idle(self, destination: str, consumer: str, min_idle: float, count: int) -> Records:
         # Only from consumers that stopped, not XAUTOCLAIM over everything: messages parked
         # for retry are idle by design, and whoever holds the retry lease may be sending
         # them right now (claiming them too would send them twice).
@@ -728,7 +725,7 @@ class RedisQueue(Queue):
             )
             ids.extend(row["message_id"] for row in rows)
         if not ids:
-            return []
+            return Records([], [])
         records: list[Record] = []
         gone: list[str] = []
         for entry_id, fields in self.client.xclaim(self.stream, destination, consumer, min_ms, ids):
@@ -750,7 +747,7 @@ class RedisQueue(Queue):
             )
         if gone:
             self.client.xack(self.stream, destination, *gone)
-        return records
+        return Records.of(records)
 
     def enqueued_at(self, record: Record) -> float:
         return entry_time(record.id)

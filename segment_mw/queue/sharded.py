@@ -42,6 +42,7 @@ from .base import (
     Queue,
     QueueStatus,
     Record,
+    Records,
     ServerWarning,
 )
 from .redis import RedisQueue, ReplicasBehind, entry_time, server_warnings
@@ -102,8 +103,9 @@ def _split_id(record_id: str) -> tuple[int, str]:
     return int(shard), rid
 
 
-def _tag(index: int, records: list[Record]) -> list[Record]:
-    return [r._replace(id=f"{index}/{r.id}") for r in records]
+def _tag(index: int, records: Records) -> Records:
+    prefix = f"{index}/"
+    return records.with_ids([prefix + rid for rid in records.ids])
 
 
 def _untag(records: Sequence[Record]) -> dict[int, list[Record]]:
@@ -332,25 +334,27 @@ class ShardedRedisQueue(Queue):
         for shard in self._reading():
             self._call(shard.ensure_destinations, names)
 
-    def read_new(self, destination: str, consumer: str, count: int) -> list[Record]:
-        out: list[Record] = []
+    def read_new(self, destination: str, consumer: str, count: int) -> Records:
+        out: list[Records] = []
+        held = 0
         for shard in self._rotated():
-            if len(out) >= count:
+            if held >= count:
                 break
-            got = self._call(shard.read_new, destination, consumer, count - len(out))
-            out.extend(_tag(shard.index, got))
-        return out
+            got = self._call(shard.read_new, destination, consumer, count - held)
+            out.append(_tag(shard.index, got))
+            held += len(got)
+        return Records.join(out)
 
-    def claim_idle(
-        self, destination: str, consumer: str, min_idle: float, count: int
-    ) -> list[Record]:
-        out: list[Record] = []
+    def claim_idle(self, destination: str, consumer: str, min_idle: float, count: int) -> Records:
+        out: list[Records] = []
+        held = 0
         for shard in self._rotated():
-            if len(out) >= count:
+            if held >= count:
                 break
-            got = self._call(shard.claim_idle, destination, consumer, min_idle, count - len(out))
-            out.extend(_tag(shard.index, got))
-        return out
+            got = self._call(shard.claim_idle, destination, consumer, min_idle, count - held)
+            out.append(_tag(shard.index, got))
+            held += len(got)
+        return Records.join(out)
 
     def enqueued_at(self, record: Record) -> float:
         return entry_time(_split_id(record.id)[1])
@@ -376,14 +380,16 @@ class ShardedRedisQueue(Queue):
             shard = self._handle(index)
             self._call(shard.hold_for_retry, destination, rids, attempts=attempts)
 
-    def read_retry(self, destination: str, count: int) -> list[Record]:
-        out: list[Record] = []
+    def read_retry(self, destination: str, count: int) -> Records:
+        out: list[Records] = []
+        held = 0
         for shard in self._reading():
-            if len(out) >= count:
+            if held >= count:
                 break
-            got = self._call(shard.read_retry, destination, count - len(out))
-            out.extend(_tag(shard.index, got))
-        return out
+            got = self._call(shard.read_retry, destination, count - held)
+            out.append(_tag(shard.index, got))
+            held += len(got)
+        return Records.join(out)
 
     def ack(self, destination: str, ids: Sequence[str], *, delivered: int = 0) -> None:
         left = delivered

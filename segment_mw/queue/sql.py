@@ -32,6 +32,7 @@ from .base import (
     Queue,
     QueueStatus,
     Record,
+    Records,
 )
 
 _SCHEMA = """
@@ -228,7 +229,7 @@ class SQLiteQueue(Queue):
             attempts=row[5] if len(row) > 5 else 0,
         )
 
-    def read_new(self, destination: str, consumer: str, count: int) -> list[Record]:
+    def read_new(self, destination: str, consumer: str, count: int) -> Records:
         self.ensure_destinations([destination])
         t = self.t
         with self._tx() as conn:
@@ -251,11 +252,11 @@ class SQLiteQueue(Queue):
                     "VALUES (?, ?, ?, ?)",
                     [(destination, r[0], consumer, now) for r in rows],
                 )
-        return [self._record(r) for r in rows]
+        return Records.of(map(self._record, rows))
 
     def _take_pending(
         self, destination: str, consumer: str, where: str, args: Sequence[Any], count: int
-    ) -> list[Record]:
+    ) -> Records:
         t = self.t
         with self._tx() as conn:
             rows = conn.execute(
@@ -270,11 +271,9 @@ class SQLiteQueue(Queue):
                     "WHERE destination = ? AND id = ?",
                     [(consumer, time.time(), destination, r[0]) for r in rows],
                 )
-        return [self._record(r) for r in rows]
+        return Records.of(map(self._record, rows))
 
-    def claim_idle(
-        self, destination: str, consumer: str, min_idle: float, count: int
-    ) -> list[Record]:
+    def claim_idle(self, destination: str, consumer: str, min_idle: float, count: int) -> Records:
         # Not the messages parked for retry: idle by design, and the holder of the retry
         # lease may be sending them right now.
         return self._take_pending(
@@ -285,7 +284,7 @@ class SQLiteQueue(Queue):
             count,
         )
 
-    def read_retry(self, destination: str, count: int) -> list[Record]:
+    def read_retry(self, destination: str, count: int) -> Records:
         return self._take_pending(
             destination, RETRY_CONSUMER, "p.consumer = ?", (RETRY_CONSUMER,), count
         )
