@@ -462,7 +462,9 @@ class _Acks:
 def _same_attempts(records: Records) -> Iterator[Records]:
     """Runs of consecutive records tried the same number of times."""
     attempts = records.attempts
-    if not attempts or attempts.count(attempts[0]) == len(attempts):
+    if not attempts:
+        return
+    if attempts.count(attempts[0]) == len(attempts):
         yield records  # the common case: a read of new messages, or of one retried batch
         return
     start = 0

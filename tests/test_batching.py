@@ -14,7 +14,7 @@ import pytest
 
 import segment_mw
 from segment_mw.client import Client
-from segment_mw.delivery import batches
+from segment_mw.delivery import _same_attempts, batches
 from segment_mw.destinations.http import HttpBatchDestination, SegmentDestination
 from segment_mw.queue import Record, Records
 from segment_mw.testing import CapturedEvents
@@ -66,6 +66,19 @@ def test_an_oversized_record_travels_alone() -> None:
 
 def test_empty_input_makes_no_batch() -> None:
     assert list(batches(Records([], []), MAX_EVENTS, MAX_BYTES, 64)) == []
+
+
+def test_records_tried_a_different_number_of_times_are_never_batched_together() -> None:
+    tries = [1, 1, 0, 0, 0, 1, 2, 2]
+    rows = Records.of(
+        Record(str(i), b"x", None, None, None, attempts) for i, attempts in enumerate(tries)
+    )
+    runs = list(_same_attempts(rows))
+    assert [r.attempts for r in runs] == [[1, 1], [0, 0, 0], [1], [2, 2]]
+    assert [rid for run in runs for rid in run.ids] == rows.ids
+    same = Records.of(Record(str(i), b"x", None, None, None, 3) for i in range(4))
+    assert [list(r) for r in _same_attempts(same)] == [list(same)]
+    assert list(_same_attempts(Records([], []))) == []
 
 
 def greedy(sizes: list[int], max_events: int, max_bytes: int, overhead: int) -> list[int]:

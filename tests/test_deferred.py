@@ -243,7 +243,11 @@ def test_an_event_that_cannot_be_completed_is_dead_lettered_alone(
 ) -> None:
     out = tmp_path / "events.jsonl"
     client = segment_mw.configure(
-        {"QUEUE_URL": "memory://", "DESTINATIONS": {"file": {"type": "jsonl", "path": str(out)}}}
+        {
+            "QUEUE_URL": "memory://",
+            "IN_PROCESS_FLUSHER": False,  # flush() below reads all four at once
+            "DESTINATIONS": {"file": {"type": "jsonl", "path": str(out)}},
+        }
     )
     good = events.build(
         "track", events.track_fields("Good", {}), anonymous_id="a", request=request_scope()
@@ -268,6 +272,8 @@ def test_an_event_that_cannot_be_completed_is_dead_lettered_alone(
     assert delivered[1]["context"]["page"] == delivered[0]["context"]["page"]  # made whole
     status = client.status().destinations["file"]
     assert (status.delivered, status.dead) == (3, 1)
+    assert client.queue.replay("file") == 1  # the one dead-lettered is the broken one
+    assert [r.body for r in client.queue.read_new("file", "check", 10)] == [broken.body]
     assert any("request facts are not JSON" in r.getMessage() for r in caplog.records)
 
 

@@ -142,25 +142,29 @@ def test_a_read_larger_than_a_slice_hands_out_every_message_in_order(q: Queue) -
     assert q.claim_idle("A", "c2", 0.0, 2000) == []  # every one was pending, and now none
 
 
-def test_a_read_gives_the_collector_nothing_to_visit_per_message(q: Queue) -> None:
-    """A read's records are held by column: no object the cyclic collector tracks each.
+def test_a_read_gives_the_collector_no_object_per_message(q: Queue) -> None:
+    """A read's records are held by column: nothing the cyclic collector tracks for each.
 
-    One tracked object per message (a named tuple, never untracked) was a seventh of
-    delivery's time, spent by the collector visiting them.
+    A named tuple per message is never untracked, and the collector visited every one of
+    them in each collection of its generation.
     """
     q.push(entries(2000, integrations=None))
     q.ensure_destinations(["A"])
-    gc.collect()
-    before = len(gc.get_objects())
     records = q.read_new("A", "c1", 2000)
-    gc.collect()
-    grown = len(gc.get_objects()) - before
     assert len(records) == 2000
-    assert grown < 100, f"{grown} tracked objects for a read of 2,000 messages"
-    # Held as Record objects, the same read would have cost one each.
+    columns = (
+        records.ids,
+        records.bodies,
+        records.integrations,
+        records.only,
+        records.enqueued_at,
+        records.attempts,
+    )
+    assert not any(gc.is_tracked(value) for column in columns for value in column)
+    # Made on demand, a Record is such an object: the collector keeps tracking it.
     as_objects = list(records)
     gc.collect()
-    assert len(gc.get_objects()) - before >= 2000
+    assert all(map(gc.is_tracked, as_objects))
     assert [r.body for r in as_objects] == records.bodies
 
 

@@ -25,11 +25,7 @@ RETRY_CONSUMER = "__retry__"
 
 
 class Record(NamedTuple):
-    """A queued message as a consumer sees it.
-
-    A named tuple: reads hand out thousands at a time, and a tuple is the cheapest
-    immutable record Python builds.
-    """
+    """A queued message as a consumer sees it (reads hand them out as :class:`Records`)."""
 
     id: str
     body: bytes
@@ -46,11 +42,16 @@ class Records(Sequence[Record]):
     """What a read hands out: its records, stored by column.
 
     A read holds thousands of messages, and delivery needs them as columns (the bodies to
-    send, the ids to acknowledge). Held as one object per message, they cost the cyclic
-    collector about a seventh of delivery's time: it never stops tracking an instance of
-    a named tuple, and visited each one in every collection it lived through. Columns of
-    strings and bytes give it nothing to visit. Indexing and iterating still give
-    :class:`Record` objects, made on demand; slicing gives ``Records``.
+    send, the ids to acknowledge). Held as an object per message, they kept the cyclic
+    collector busy: an instance of a named tuple is never untracked, so every collection
+    of its generation visited it: 45-60 ms of delivery's time per 100,000 messages (8-12 ms
+    since).
+    A column of strings or bytes is one tracked list whose items the collector need not
+    follow. Indexing and iterating give :class:`Record` objects, made on demand; slicing
+    gives ``Records``.
+
+    Never changed once made: derived ``Records`` (``join`` of one part, ``with_ids``,
+    ``with_bodies``) share the columns they did not change.
     """
 
     __slots__ = ("attempts", "bodies", "enqueued_at", "ids", "integrations", "only")
@@ -94,8 +95,12 @@ class Records(Sequence[Record]):
             return parts[0]
         out = cls([], [])
         for part in parts:
-            for name in cls.__slots__:
-                getattr(out, name).extend(getattr(part, name))
+            out.ids.extend(part.ids)
+            out.bodies.extend(part.bodies)
+            out.integrations.extend(part.integrations)
+            out.only.extend(part.only)
+            out.enqueued_at.extend(part.enqueued_at)
+            out.attempts.extend(part.attempts)
         return out
 
     def with_ids(self, ids: list[str]) -> Records:

@@ -236,3 +236,43 @@ def test_only_retried_messages_carry_x_retry_count(configure, sink):
     by_id = {batch_ids(r)[0]: r for r in sink.requests}
     assert by_id[first].headers["X-Retry-Count"] == "1"
     assert "X-Retry-Count" not in by_id[second].headers
+
+
+def test_a_destination_that_took_part_of_a_batch_is_sent_the_rest_alone(fast_settings, sink):
+    """GA4 posts a request per client: the first went through, the second failed.
+
+    The delivered message is acknowledged; the two the destination did not take (the one
+    that failed and the one after it, not sent) are parked and sent after the back-off.
+    """
+    client = segment_mw.configure(
+        {
+            **fast_settings,
+            "IN_PROCESS_FLUSHER": False,
+            "DESTINATIONS": {
+                "GA4": {
+                    "type": "ga4",
+                    "host": sink.url,
+                    "measurement_id": "G-TEST12345",
+                    "api_secret": "mp-api-secret-value",
+                }
+            },
+        }
+    )
+    for n in range(3):
+        segment_mw.track("Step", {"n": n}, anonymous_id=f"anon-{n}")
+    client.producer.drain()
+    sink.fail(200, times=1)  # the first client's request goes through
+    sink.fail(503, times=1, headers={"Retry-After": "1"})
+    report = client.deliverer.flush_destination("GA4")
+    assert (report.delivered, report.dead) == (1, 0)
+    assert report.retry_at is not None
+    status = client.status().destinations["GA4"]
+    assert (status.queued, status.retrying) == (2, 2)
+
+    wait_until(lambda: time.time() >= report.retry_at, 30.0, "the back-off to end")
+    report = client.deliverer.flush_destination("GA4")
+    assert (report.delivered, report.dead, report.retry_at) == (2, 0, None)
+    sent = [e["params"]["n"] for r in sink.attempts for e in r.body["events"]]
+    assert sent == [0, 1, 1, 2]  # the first one once, then the other two in order
+    status = client.status().destinations["GA4"]
+    assert (status.queued, status.delivered) == (0, 3)
