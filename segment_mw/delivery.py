@@ -16,6 +16,7 @@ import os
 import random
 import socket
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ from .routing import Router
 log = logging.getLogger("segment_mw.delivery")
 
 MIN_BACKOFF = 0.5
+# Reads queued ahead of the batch being sent (Redis): the log's next reads are in hand by
+# the time this one is sent. One read ahead left the sending thread waiting a tenth of
+# the time; two measured 5-20 % more events/s.
+READ_AHEAD = 2
 MAX_BACKOFF = 60.0
 
 
@@ -175,8 +180,10 @@ class Deliverer:
     ) -> None:
         """Deliver new messages until none are left, the time is up or a back-off begins.
 
-        Where the queue allows it, the next batch is read while this one is being delivered,
-        so that the waits on the queue and on the destination overlap.
+        Where the queue allows it, the next batches (``READ_AHEAD``) are read while this
+        one is being delivered, so that the waits on the queue and on the destination
+        overlap. What was read ahead is delivered even once the time is up, never left
+        held: another consumer would only claim it after ``CLAIM_IDLE``.
         """
         name, queue, count = dest.name, self.queue, self.settings.batch_max_events
 
@@ -199,29 +206,48 @@ class Deliverer:
         if time.monotonic() >= deadline:
             report.more = True
             return
-        # Two threads beside this one: the next read, and the acknowledgements of what was
-        # delivered, each on a connection of its own, while this thread sends.
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="segment_mw-read") as pool:
-            acks = _Acks(queue, pool)
+        # Two threads beside this one, each on a connection of its own: one reads ahead
+        # (READ_AHEAD reads queued, run one after another so that they keep the log's
+        # order), the other sends the acknowledgements of what was delivered.
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment_mw-read") as reader,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment_mw-ack") as acker,
+        ):
+            acks = _Acks(queue, acker)
+            ahead: deque[tuple[Future[Records], float]] = deque()
+            drained = False  # a read came back empty: nothing more is read ahead
             read_at = time.monotonic()
             records = read()
-            while records:
-                ahead_at = time.monotonic()
-                ahead = pool.submit(read) if ahead_at < deadline else None
-                delivered = self._deliver(
-                    dest, records, backoff, report, read_at=read_at, consumer=consumer, acks=acks
-                )
-                if ahead is None:
-                    report.more = True
+            while True:
+                if not records:
+                    drained = True
+                else:
+                    while not drained and len(ahead) < READ_AHEAD:
+                        ahead_at = time.monotonic()
+                        if ahead_at >= deadline:
+                            break
+                        ahead.append((reader.submit(read), ahead_at))
+                    if not self._deliver(
+                        dest,
+                        records,
+                        backoff,
+                        report,
+                        read_at=read_at,
+                        consumer=consumer,
+                        acks=acks,
+                    ):
+                        # A back-off began: what was read meanwhile waits with the parked
+                        # batch (never sent, so not counted as tried), unless it waited long
+                        # enough to be claimed by another consumer, whose it is now.
+                        for future, at in ahead:
+                            ids = self._still_held(name, consumer, future.result().ids, at)
+                            queue.hold_for_retry(name, ids, attempts=0)
+                        break
+                if not ahead:
+                    report.more = not drained  # the time is up with more, maybe, to read
                     break
-                records, read_at = ahead.result(), ahead_at
-                if not delivered:
-                    # A back-off began: what was read meanwhile waits with the parked batch
-                    # (never sent, so not counted as tried), unless it waited long enough
-                    # to be claimed by another consumer, whose it is now.
-                    ids = self._still_held(name, consumer, records.ids, read_at)
-                    queue.hold_for_retry(name, ids, attempts=0)
-                    break
+                future, read_at = ahead.popleft()
+                records = future.result()  # in order: what was read is delivered, even late
             acks.wait()
 
     def _still_held(self, name: str, consumer: str, ids: list[str], read_at: float) -> list[str]:

@@ -276,3 +276,53 @@ def test_a_destination_that_took_part_of_a_batch_is_sent_the_rest_alone(fast_set
     assert sent == [0, 1, 1, 2]  # the first one once, then the other two in order
     status = client.status().destinations["GA4"]
     assert (status.queued, status.delivered) == (0, 3)
+
+
+def test_a_back_off_parks_every_read_ahead_and_the_retry_sends_them_once(fast_settings, sink):
+    client = segment_mw.configure(
+        {
+            **fast_settings,
+            "IN_PROCESS_FLUSHER": False,
+            "BATCH_MAX_EVENTS": 5,  # reads of five: one sent, READ_AHEAD more in hand
+            "DESTINATIONS": hook(sink),
+        }
+    )
+    expected = [segment_mw.track("Parked", {"n": n}, user_id="u") for n in range(23)]
+    client.producer.drain()
+    sink.fail(503, times=1)
+    report = client.deliverer.flush_destination("hook")
+    assert report.retry_at is not None
+    (failed,) = sink.attempts
+    assert batch_ids(failed) == expected[:5]
+    # The read sent and the two read ahead are parked; the rest was never read.
+    status = client.status().destinations["hook"]
+    assert (status.queued, status.retrying) == (23, 15)
+    assert client.queue.oldest_pending_idle("hook") is None  # none left held by the reader
+
+    wait_until(lambda: time.time() >= report.retry_at, 30.0, "the back-off to end")
+    while client.status().destinations["hook"].queued:
+        client.deliverer.flush_destination("hook")
+    delivered = [i for r in sink.requests for i in batch_ids(r)]
+    assert delivered == expected  # each once, in order
+
+
+def test_what_was_read_ahead_is_delivered_when_the_time_is_up(fast_settings, sink):
+    client = segment_mw.configure(
+        {
+            **fast_settings,
+            "IN_PROCESS_FLUSHER": False,
+            "BATCH_MAX_EVENTS": 5,
+            "FLUSH_TIME_LIMIT": 0.6,  # up while the first batch is still being sent
+            "DESTINATIONS": hook(sink),
+        }
+    )
+    expected = [segment_mw.track("Late", {"n": n}, user_id="u") for n in range(30)]
+    client.producer.drain()
+    sink.delay = 1.0
+    report = client.deliverer.flush_destination("hook")
+    assert report.more
+    # The batch read first and the two read ahead before the time was up; nothing more.
+    assert report.delivered == 15
+    assert [i for r in sink.requests for i in batch_ids(r)] == expected[:15]
+    assert client.queue.oldest_pending_idle("hook") is None  # nothing read is left held
+    assert client.status().destinations["hook"].queued == 15
