@@ -17,7 +17,7 @@ import random
 import socket
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate, groupby, repeat
@@ -32,11 +32,14 @@ from .routing import Router
 log = logging.getLogger("segment_mw.delivery")
 
 MIN_BACKOFF = 0.5
-# Reads queued ahead of the batch being sent (Redis): the log's next reads are in hand by
-# the time this one is sent. One read ahead left the sending thread waiting a tenth of
-# the time; two measured 5-20 % more events/s.
-READ_AHEAD = 2
 MAX_BACKOFF = 60.0
+# Reads queued ahead of the batch being sent, where the queue allows it: the next ones
+# are in hand once this one has been sent. With one read ahead the sending thread waited
+# on it about a tenth of a flush; two measured 5-20 % more events/s. The second is read
+# only while batches go out quickly (READ_AHEAD_WITHIN): a batch waiting behind two
+# slow ones would go untouched long enough for another worker to claim it.
+READ_AHEAD = 2
+READ_AHEAD_WITHIN = 0.1  # of CLAIM_IDLE: how long a batch may take to send, for two ahead
 
 
 @dataclass
@@ -182,8 +185,9 @@ class Deliverer:
 
         Where the queue allows it, the next batches (``READ_AHEAD``) are read while this
         one is being delivered, so that the waits on the queue and on the destination
-        overlap. What was read ahead is delivered even once the time is up, never left
-        held: another consumer would only claim it after ``CLAIM_IDLE``.
+        overlap, one after another on a thread of their own (which keeps the log's order).
+        What was read before the time ran out is delivered, not left held until another
+        consumer claims it; reads not started by then are dropped.
         """
         name, queue, count = dest.name, self.queue, self.settings.batch_max_events
 
@@ -206,49 +210,77 @@ class Deliverer:
         if time.monotonic() >= deadline:
             report.more = True
             return
-        # Two threads beside this one, each on a connection of its own: one reads ahead
-        # (READ_AHEAD reads queued, run one after another so that they keep the log's
-        # order), the other sends the acknowledgements of what was delivered.
+        # Two threads beside this one, each on a connection of its own: one reads ahead,
+        # the other sends the acknowledgements of what was delivered.
+        quick = self.settings.claim_idle * READ_AHEAD_WITHIN
         with (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment_mw-read") as reader,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment_mw-ack") as acker,
         ):
             acks = _Acks(queue, acker)
             ahead: deque[tuple[Future[Records], float]] = deque()
-            drained = False  # a read came back empty: nothing more is read ahead
-            read_at = time.monotonic()
-            records = read()
-            while True:
-                if not records:
-                    drained = True
-                else:
-                    while not drained and len(ahead) < READ_AHEAD:
-                        ahead_at = time.monotonic()
-                        if ahead_at >= deadline:
-                            break
-                        ahead.append((reader.submit(read), ahead_at))
-                    if not self._deliver(
-                        dest,
-                        records,
-                        backoff,
-                        report,
-                        read_at=read_at,
-                        consumer=consumer,
-                        acks=acks,
-                    ):
-                        # A back-off began: what was read meanwhile waits with the parked
-                        # batch (never sent, so not counted as tried), unless it waited long
-                        # enough to be claimed by another consumer, whose it is now.
-                        for future, at in ahead:
+            try:
+                self._deliver_read_ahead(
+                    dest, consumer, deadline, backoff, report, read, reader, acks, ahead, quick
+                )
+            except BaseException:
+                # Reads not started are dropped; those read stay held, claimed after
+                # CLAIM_IDLE, as a failed read's are.
+                for future, _at in ahead:
+                    future.cancel()
+                raise
+            acks.wait()
+
+    def _deliver_read_ahead(
+        self,
+        dest: Destination,
+        consumer: str,
+        deadline: float,
+        backoff: Backoff,
+        report: FlushReport,
+        read: Callable[[], Records],
+        reader: ThreadPoolExecutor,
+        acks: _Acks,
+        ahead: deque[tuple[Future[Records], float]],
+        quick: float,
+    ) -> None:
+        """The loop of ``_deliver_new`` with reads queued ahead (``ahead``: read, queued at)."""
+        name, queue, count = dest.name, self.queue, self.settings.batch_max_events
+        depth = 1  # two ahead once a batch was seen to go out within ``quick``
+        drained = False  # a read came back short: nothing more is read ahead
+        read_at = time.monotonic()
+        records = read()
+        while True:
+            drained = drained or len(records) < count
+            if records:
+                while not drained and len(ahead) < depth and time.monotonic() < deadline:
+                    ahead.append((reader.submit(read), time.monotonic()))
+                started = time.monotonic()
+                if not self._deliver(
+                    dest, records, backoff, report, read_at=read_at, consumer=consumer, acks=acks
+                ):
+                    # A back-off began: reads not started are dropped; what was read
+                    # meanwhile waits with the parked batch (never sent, so not counted as
+                    # tried), unless it waited long enough to be claimed by another
+                    # consumer, whose it is now.
+                    while ahead:
+                        future, at = ahead.popleft()
+                        if not future.cancel():
                             ids = self._still_held(name, consumer, future.result().ids, at)
                             queue.hold_for_retry(name, ids, attempts=0)
-                        break
-                if not ahead:
-                    report.more = not drained  # the time is up with more, maybe, to read
-                    break
-                future, read_at = ahead.popleft()
-                records = future.result()  # in order: what was read is delivered, even late
-            acks.wait()
+                    return
+                depth = READ_AHEAD if time.monotonic() - started < quick else 1
+            if time.monotonic() >= deadline:
+                # Past the time: reads not started are dropped, what was read is delivered.
+                for future, at in [*ahead]:
+                    if future.cancel():
+                        ahead.remove((future, at))
+                        report.more = True
+            if not ahead:
+                report.more = report.more or not drained
+                return
+            future, read_at = ahead.popleft()
+            records = future.result()
 
     def _still_held(self, name: str, consumer: str, ids: list[str], read_at: float) -> list[str]:
         """``ids`` if read too recently to be claimed by anyone; else those still ours.

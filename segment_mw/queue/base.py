@@ -313,8 +313,8 @@ class Backoff:
 class Queue(abc.ABC):
     """A durable, multi-consumer log of serialised messages."""
 
-    # Whether one thread may read the next batch while another sends and acknowledges
-    # the last one (with a connection each): delivery then overlaps the two waits.
+    # Whether reads may run in one thread while others send and acknowledge (with a
+    # connection each): delivery then reads the next batches while it sends one.
     concurrent_reads: bool = False
 
     # -- producers ---------------------------------------------------------------------

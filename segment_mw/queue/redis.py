@@ -339,7 +339,7 @@ def server_warnings(
 
 class RedisQueue(Queue):
     # A read may run in another thread while this one acknowledges: redis-py's connection
-    # pool is thread-safe. The deliverer reads the next batch while it sends this one.
+    # pool is thread-safe. The deliverer reads the next batches while it sends this one.
     concurrent_reads = True
 
     def __init__(

@@ -278,31 +278,45 @@ def test_a_destination_that_took_part_of_a_batch_is_sent_the_rest_alone(fast_set
     assert (status.queued, status.delivered) == (0, 3)
 
 
-def test_a_back_off_parks_every_read_ahead_and_the_retry_sends_them_once(fast_settings, sink):
+def test_a_back_off_parks_what_was_read_ahead_and_the_retry_sends_it_once(fast_settings, sink):
     client = segment_mw.configure(
         {
             **fast_settings,
             "IN_PROCESS_FLUSHER": False,
-            "BATCH_MAX_EVENTS": 5,  # reads of five: one sent, READ_AHEAD more in hand
+            "BATCH_MAX_EVENTS": 5,  # reads of five: one sent, one or two more in hand
             "DESTINATIONS": hook(sink),
         }
     )
-    expected = [segment_mw.track("Parked", {"n": n}, user_id="u") for n in range(23)]
+    expected = [segment_mw.track("Parked", {"n": n}, user_id="u") for n in range(33)]
     client.producer.drain()
+    sink.fail(200, times=2)  # two batches go out quickly: two are read ahead from then on
     sink.fail(503, times=1)
     report = client.deliverer.flush_destination("hook")
     assert report.retry_at is not None
-    (failed,) = sink.attempts
-    assert batch_ids(failed) == expected[:5]
-    # The read sent and the two read ahead are parked; the rest was never read.
+    assert not report.more
+    assert [batch_ids(r) for r in sink.attempts] == [
+        expected[0:5],
+        expected[5:10],
+        expected[10:15],
+    ]
     status = client.status().destinations["hook"]
-    assert (status.queued, status.retrying) == (23, 15)
-    assert client.queue.oldest_pending_idle("hook") is None  # none left held by the reader
+    # The batch that failed, and the reads ahead that had started (those not started
+    # are dropped): parked, none left held by the reader, the rest never read.
+    assert status.queued == 23
+    assert status.retrying in (5, 10, 15)
+    assert client.queue.oldest_pending_idle("hook") is None
 
     wait_until(lambda: time.time() >= report.retry_at, 30.0, "the back-off to end")
-    while client.status().destinations["hook"].queued:
-        client.deliverer.flush_destination("hook")
-    delivered = [i for r in sink.requests for i in batch_ids(r)]
+    wait_until(
+        lambda: (
+            client.deliverer.flush_destination("hook")
+            and not client.status().destinations["hook"].queued
+        ),
+        30.0,
+        "the rest to be delivered",
+    )
+    # The sink answered the first two from its list of answers, the rest as requests.
+    delivered = [i for r in [*sink.attempts[:2], *sink.requests] for i in batch_ids(r)]
     assert delivered == expected  # each once, in order
 
 
@@ -311,18 +325,56 @@ def test_what_was_read_ahead_is_delivered_when_the_time_is_up(fast_settings, sin
         {
             **fast_settings,
             "IN_PROCESS_FLUSHER": False,
+            "CLAIM_IDLE": 6.0,  # the hook's timeout is 4 s (CLAIM_IDLE / 1.5)
             "BATCH_MAX_EVENTS": 5,
-            "FLUSH_TIME_LIMIT": 0.6,  # up while the first batch is still being sent
+            "FLUSH_TIME_LIMIT": 1.5,  # up while the first batch is still being sent
             "DESTINATIONS": hook(sink),
         }
     )
     expected = [segment_mw.track("Late", {"n": n}, user_id="u") for n in range(30)]
     client.producer.drain()
-    sink.delay = 1.0
+    sink.delay = 2.5
     report = client.deliverer.flush_destination("hook")
     assert report.more
-    # The batch read first and the two read ahead before the time was up; nothing more.
-    assert report.delivered == 15
-    assert [i for r in sink.requests for i in batch_ids(r)] == expected[:15]
+    # The batch read first and the one read ahead before the time was up (a batch this
+    # slow is read only one ahead); nothing more.
+    assert report.delivered == 10
+    assert [i for r in sink.requests for i in batch_ids(r)] == expected[:10]
     assert client.queue.oldest_pending_idle("hook") is None  # nothing read is left held
-    assert client.status().destinations["hook"].queued == 15
+    assert client.status().destinations["hook"].queued == 20
+
+
+def test_a_short_read_ends_the_reading_ahead(fast_settings, sink):
+    client = segment_mw.configure(
+        {
+            **fast_settings,
+            "IN_PROCESS_FLUSHER": False,
+            "BATCH_MAX_EVENTS": 5,
+            "DESTINATIONS": hook(sink),
+        }
+    )
+    expected = [segment_mw.track("Few", {"n": n}, user_id="u") for n in range(13)]
+    client.producer.drain()
+    reads = []
+    real = client.queue.read_new
+
+    def counted(*args, **kwargs):
+        got = real(*args, **kwargs)
+        reads.append(len(got))
+        return got
+
+    client.queue.read_new = counted  # type: ignore[method-assign]
+    report = client.deliverer.flush_destination("hook")
+    assert (report.delivered, report.more) == (13, False)
+    # Nothing is read once a read came back short; one queued before it may come back empty.
+    assert reads[:3] == [5, 5, 3]
+    assert reads[3:] in ([], [0])
+    assert [i for r in sink.requests for i in batch_ids(r)] == expected
+
+    reads.clear()
+    more = [segment_mw.track("Few", {"n": n}, user_id="u") for n in range(3)]
+    client.producer.drain()
+    report = client.deliverer.flush_destination("hook")
+    assert (report.delivered, report.more) == (3, False)
+    assert reads == [3]  # a log holding less than a read: no read ahead at all
+    assert [i for r in sink.requests for i in batch_ids(r)][13:] == more
