@@ -194,8 +194,10 @@ class Deliverer:
         def read() -> Records:
             return queue.read_new(name, consumer, count)
 
-        def deliver(records: Records, read_at: float) -> bool:
-            return self._deliver(dest, records, backoff, report, read_at=read_at, consumer=consumer)
+        def deliver(records: Records, read_at: float, acks: _Acks | None = None) -> bool:
+            return self._deliver(
+                dest, records, backoff, report, read_at=read_at, consumer=consumer, acks=acks
+            )
 
         if not queue.concurrent_reads:
             while report.retry_at is None:
@@ -218,69 +220,37 @@ class Deliverer:
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment_mw-ack") as acker,
         ):
             acks = _Acks(queue, acker)
-            ahead: deque[tuple[Future[Records], float]] = deque()
+            ahead = _ReadAhead(read, reader)
             try:
-                self._deliver_read_ahead(
-                    dest, consumer, deadline, backoff, report, read, reader, acks, ahead, quick
-                )
+                read_at = time.monotonic()
+                records = read()
+                while True:
+                    ahead.drained = ahead.drained or len(records) < count
+                    if records:
+                        ahead.top_up(deadline)
+                        started = time.monotonic()
+                        if not deliver(records, read_at, acks):
+                            # A back-off began: what was read meanwhile waits with the
+                            # parked batch (never sent, so not counted as tried), unless it
+                            # waited long enough to be claimed by another consumer.
+                            for held, at in ahead.started():
+                                ids = self._still_held(name, consumer, held.ids, at)
+                                queue.hold_for_retry(name, ids, attempts=0)
+                            break
+                        ahead.depth = READ_AHEAD if time.monotonic() - started < quick else 1
+                    if time.monotonic() >= deadline and ahead.drop_unstarted():
+                        report.more = True  # past the time: what was read is still delivered
+                    got = ahead.next()
+                    if got is None:
+                        report.more = report.more or not ahead.drained
+                        break
+                    records, read_at = got
             except BaseException:
                 # Reads not started are dropped; those read stay held, claimed after
                 # CLAIM_IDLE, as a failed read's are.
-                for future, _at in ahead:
-                    future.cancel()
+                ahead.drop_unstarted()
                 raise
             acks.wait()
-
-    def _deliver_read_ahead(
-        self,
-        dest: Destination,
-        consumer: str,
-        deadline: float,
-        backoff: Backoff,
-        report: FlushReport,
-        read: Callable[[], Records],
-        reader: ThreadPoolExecutor,
-        acks: _Acks,
-        ahead: deque[tuple[Future[Records], float]],
-        quick: float,
-    ) -> None:
-        """The loop of ``_deliver_new`` with reads queued ahead (``ahead``: read, queued at)."""
-        name, queue, count = dest.name, self.queue, self.settings.batch_max_events
-        depth = 1  # two ahead once a batch was seen to go out within ``quick``
-        drained = False  # a read came back short: nothing more is read ahead
-        read_at = time.monotonic()
-        records = read()
-        while True:
-            drained = drained or len(records) < count
-            if records:
-                while not drained and len(ahead) < depth and time.monotonic() < deadline:
-                    ahead.append((reader.submit(read), time.monotonic()))
-                started = time.monotonic()
-                if not self._deliver(
-                    dest, records, backoff, report, read_at=read_at, consumer=consumer, acks=acks
-                ):
-                    # A back-off began: reads not started are dropped; what was read
-                    # meanwhile waits with the parked batch (never sent, so not counted as
-                    # tried), unless it waited long enough to be claimed by another
-                    # consumer, whose it is now.
-                    while ahead:
-                        future, at = ahead.popleft()
-                        if not future.cancel():
-                            ids = self._still_held(name, consumer, future.result().ids, at)
-                            queue.hold_for_retry(name, ids, attempts=0)
-                    return
-                depth = READ_AHEAD if time.monotonic() - started < quick else 1
-            if time.monotonic() >= deadline:
-                # Past the time: reads not started are dropped, what was read is delivered.
-                for future, at in [*ahead]:
-                    if future.cancel():
-                        ahead.remove((future, at))
-                        report.more = True
-            if not ahead:
-                report.more = report.more or not drained
-                return
-            future, read_at = ahead.popleft()
-            records = future.result()
 
     def _still_held(self, name: str, consumer: str, ids: list[str], read_at: float) -> list[str]:
         """``ids`` if read too recently to be claimed by anyone; else those still ours.
@@ -492,6 +462,47 @@ class Deliverer:
             )
             return False
         return True
+
+
+class _ReadAhead:
+    """Reads queued ahead of the batch being sent, run one after another on ``reader``.
+
+    One thread keeps them in the log's order. ``depth``: how many to keep queued;
+    ``drained``: a read came back short, so nothing more is read ahead.
+    """
+
+    def __init__(self, read: Callable[[], Records], reader: ThreadPoolExecutor) -> None:
+        self.read, self.reader = read, reader
+        self.queued: deque[tuple[Future[Records], float]] = deque()  # (read, queued at)
+        self.depth = 1  # two once a batch was seen to go out quickly
+        self.drained = False
+
+    def top_up(self, deadline: float) -> None:
+        while not self.drained and len(self.queued) < self.depth:
+            at = time.monotonic()
+            if at >= deadline:
+                return
+            self.queued.append((self.reader.submit(self.read), at))
+
+    def drop_unstarted(self) -> bool:
+        """Cancel the reads not started yet; whether there were any."""
+        kept = [(future, at) for future, at in self.queued if not future.cancel()]
+        dropped = len(kept) < len(self.queued)
+        self.queued = deque(kept)
+        return dropped
+
+    def next(self) -> tuple[Records, float] | None:
+        """The next read's records and when it was queued; None when none is queued."""
+        if not self.queued:
+            return None
+        future, at = self.queued.popleft()
+        return future.result(), at
+
+    def started(self) -> Iterator[tuple[Records, float]]:
+        """What every read already started holds (waited for); the others are dropped."""
+        self.drop_unstarted()
+        while (got := self.next()) is not None:
+            yield got
 
 
 class _Acks:

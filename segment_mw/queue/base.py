@@ -105,15 +105,19 @@ class Records(Sequence[Record]):
 
     def with_ids(self, ids: list[str]) -> Records:
         """The same records under other ids (a backend made of several logs tags them)."""
-        return Records(
-            ids, self.bodies, self.integrations, self.only, self.enqueued_at, self.attempts
-        )
+        return Records(ids, *self._columns()[1:])
 
     def with_bodies(self, bodies: list[bytes]) -> Records:
         """The same records with other bodies (their messages made whole)."""
-        return Records(
-            self.ids, bodies, self.integrations, self.only, self.enqueued_at, self.attempts
-        )
+        columns = self._columns()
+        return Records(columns[0], bodies, *columns[2:])
+
+    def _columns(
+        self,
+    ) -> tuple[
+        list[str], list[bytes], list[bytes | None], list[str | None], list[float | None], list[int]
+    ]:
+        return self.ids, self.bodies, self.integrations, self.only, self.enqueued_at, self.attempts
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -126,26 +130,19 @@ class Records(Sequence[Record]):
 
     def __getitem__(self, index: int | slice) -> Record | Records:
         if isinstance(index, slice):
+            ids, bodies, integrations, only, enqueued_at, attempts = self._columns()
             return Records(
-                self.ids[index],
-                self.bodies[index],
-                self.integrations[index],
-                self.only[index],
-                self.enqueued_at[index],
-                self.attempts[index],
+                ids[index],
+                bodies[index],
+                integrations[index],
+                only[index],
+                enqueued_at[index],
+                attempts[index],
             )
-        return Record(
-            self.ids[index],
-            self.bodies[index],
-            self.integrations[index],
-            self.only[index],
-            self.enqueued_at[index],
-            self.attempts[index],
-        )
+        return Record._make(column[index] for column in self._columns())
 
     def __iter__(self) -> Iterator[Record]:
-        columns = (self.ids, self.bodies, self.integrations, self.only, self.enqueued_at)
-        return map(Record, *columns, self.attempts)
+        return map(Record, *self._columns())
 
     def __add__(self, other: Records) -> Records:
         if not isinstance(other, Records):

@@ -334,27 +334,31 @@ class ShardedRedisQueue(Queue):
         for shard in self._reading():
             self._call(shard.ensure_destinations, names)
 
-    def read_new(self, destination: str, consumer: str, count: int) -> Records:
+    def _gather(
+        self, shards: list[_Shard], count: int, read: Callable[[_Shard, int], Records]
+    ) -> Records:
+        """Up to ``count`` records read from the shards in turn, tagged with their shard."""
         out: list[Records] = []
         held = 0
-        for shard in self._rotated():
+        for shard in shards:
             if held >= count:
                 break
-            got = self._call(shard.read_new, destination, consumer, count - held)
+            got = self._call(read, shard, count - held)
             out.append(_tag(shard.index, got))
             held += len(got)
         return Records.join(out)
 
+    def read_new(self, destination: str, consumer: str, count: int) -> Records:
+        return self._gather(
+            self._rotated(), count, lambda shard, n: shard.read_new(destination, consumer, n)
+        )
+
     def claim_idle(self, destination: str, consumer: str, min_idle: float, count: int) -> Records:
-        out: list[Records] = []
-        held = 0
-        for shard in self._rotated():
-            if held >= count:
-                break
-            got = self._call(shard.claim_idle, destination, consumer, min_idle, count - held)
-            out.append(_tag(shard.index, got))
-            held += len(got)
-        return Records.join(out)
+        return self._gather(
+            self._rotated(),
+            count,
+            lambda shard, n: shard.claim_idle(destination, consumer, min_idle, n),
+        )
 
     def enqueued_at(self, record: Record) -> float:
         return entry_time(_split_id(record.id)[1])
@@ -381,15 +385,9 @@ class ShardedRedisQueue(Queue):
             self._call(shard.hold_for_retry, destination, rids, attempts=attempts)
 
     def read_retry(self, destination: str, count: int) -> Records:
-        out: list[Records] = []
-        held = 0
-        for shard in self._reading():
-            if held >= count:
-                break
-            got = self._call(shard.read_retry, destination, count - held)
-            out.append(_tag(shard.index, got))
-            held += len(got)
-        return Records.join(out)
+        return self._gather(
+            self._reading(), count, lambda shard, n: shard.read_retry(destination, n)
+        )
 
     def ack(self, destination: str, ids: Sequence[str], *, delivered: int = 0) -> None:
         left = delivered
