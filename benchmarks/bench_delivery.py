@@ -1,7 +1,10 @@
 """Delivery throughput per worker process: segment_mw's Deliverer vs the official library.
 
 Both deliver the same number of small ``track`` events to the same local sink (an asyncio
-server in its own process, answering 200). The official library's ``Consumer`` thread
+server in its own process, answering 200), and again pageviews: the official library's
+with the context bench_pageview.py's hand-written middleware gives it, ours as the
+middleware queues them (the message with its request's facts, the context made here,
+where it is delivered). The official library's ``Consumer`` thread
 drains its in-memory queue (filled before the clock starts); segment_mw's
 ``Deliverer.flush_destination`` drains a Redis stream that was filled before the clock
 starts. A "floor" line times only XREADGROUP + joining the stored bytes + XACK (one
@@ -47,6 +50,26 @@ def event_properties(i: int) -> dict[str, object]:
     return {"order_id": f"order-{i}", "revenue": 19.99, "currency": "USD"}
 
 
+# The pageview lines: the request bench_pageview.py makes, on a different product each time.
+def page_path(i: int) -> str:
+    return f"/products/item-{i % 5000}/"
+
+
+def official_page_context(i: int) -> tuple[dict[str, object], dict[str, object]]:
+    """What bench_pageview.py's hand-written middleware gives ``page()``: properties, context."""
+    import bench_pageview as pv
+
+    path = page_path(i)
+    page = {
+        "path": path,
+        "url": f"https://{pv.HOST}{path}?{pv.QUERY}",
+        "search": f"?{pv.QUERY}",
+        "referrer": pv.HEADERS["referer"],
+        "title": "Blue Suede Shoes · Shop",
+    }
+    return page, {"ip": pv.CLIENT_IP, "userAgent": pv.USER_AGENT, "page": page}
+
+
 class GcTimer:
     """Seconds this process spent in the cyclic garbage collector while it was entered."""
 
@@ -74,7 +97,9 @@ class GcTimer:
 # -- the official library ----------------------------------------------------------------
 
 
-def run_official(sink_url: str, n: int, upload_size: int, gzip: bool = False) -> dict[str, float]:
+def run_official(
+    sink_url: str, n: int, upload_size: int, gzip: bool = False, pages: bool = False
+) -> dict[str, float]:
     from segment.analytics.client import Client
     from segment.analytics.consumer import Consumer
 
@@ -82,9 +107,18 @@ def run_official(sink_url: str, n: int, upload_size: int, gzip: bool = False) ->
     client = Client(WRITE_KEY, host=sink_url, max_queue_size=n + 1, thread=0, gzip=gzip)
     client.consumers = []
     for i in range(n):
-        ok, _ = client.track(
-            user_id=f"user-{i % 1000}", event="Order Completed", properties=event_properties(i)
-        )
+        if pages:
+            properties, context = official_page_context(i)
+            ok, _ = client.page(
+                anonymous_id=f"anon-{i % 1000}",
+                name="product",
+                properties=properties,
+                context=context,
+            )
+        else:
+            ok, _ = client.track(
+                user_id=f"user-{i % 1000}", event="Order Completed", properties=event_properties(i)
+            )
         assert ok
     consumer = Consumer(client.queue, WRITE_KEY, host=sink_url, upload_size=upload_size, gzip=gzip)
     with GcTimer() as collector:
@@ -100,8 +134,37 @@ def run_official(sink_url: str, n: int, upload_size: int, gzip: bool = False) ->
 # -- segment_mw ----------------------------------------------------------------------------
 
 
-def fill_stream(prefix: str, n: int) -> int:
-    """Push ``n`` serialised track events into the stream (as the producer would)."""
+def our_page(i: int, settings: object) -> object:
+    """The page event segment_mw's middleware queues for bench_pageview.py's request: the
+    message with the request's facts, its context made where it is delivered."""
+    import bench_pageview as pv
+
+    from segment_mw.capture import RequestInfo, capture
+    from segment_mw.events import build, page_fields
+
+    info = RequestInfo(
+        method="GET",
+        scheme="https",
+        host=pv.HOST,
+        path=page_path(i),
+        query_string=pv.QUERY,
+        headers={k: v for k, v in pv.HEADERS.items() if k != "cookie"},
+        cookies={"ajs_anonymous_id": f"anon-{i % 1000}", "_ga": "GA1.1.1234567890.1712345678"},
+        peer=pv.CLIENT_IP,
+    )
+    rc = capture(info, settings)
+    rc.scope.set_title("Blue Suede Shoes · Shop")
+    return build(
+        "page",
+        page_fields("product", None, None),
+        anonymous_id=rc.anonymous_id,
+        request=rc.scope,
+        with_page=True,
+    )
+
+
+def fill_stream(prefix: str, n: int, pages: bool = False, settings: object = None) -> int:
+    """Push ``n`` serialised events into the stream (as the producer would)."""
     from segment_mw.events import build, track_fields
     from segment_mw.queue.redis import RedisQueue
 
@@ -109,11 +172,14 @@ def fill_stream(prefix: str, n: int) -> int:
     chunk = []
     size = 0
     for i in range(n):
-        entry = build(
-            "track",
-            track_fields("Order Completed", event_properties(i)),
-            user_id=f"user-{i % 1000}",
-        )
+        if pages:
+            entry = our_page(i, settings)
+        else:
+            entry = build(
+                "track",
+                track_fields("Order Completed", event_properties(i)),
+                user_id=f"user-{i % 1000}",
+            )
         size += len(entry.body)
         chunk.append(entry)
         if len(chunk) == 1000:
@@ -124,7 +190,7 @@ def fill_stream(prefix: str, n: int) -> int:
     return size // n
 
 
-def run_ours(sink_url: str, n: int, gzip: bool = False) -> dict[str, float]:
+def run_ours(sink_url: str, n: int, gzip: bool = False, pages: bool = False) -> dict[str, float]:
     from segment_mw.config import load_settings
     from segment_mw.delivery import Deliverer
     from segment_mw.queue.redis import RedisQueue
@@ -148,7 +214,7 @@ def run_ours(sink_url: str, n: int, gzip: bool = False) -> dict[str, float]:
         )
         queue = RedisQueue(REDIS_URL, prefix=prefix, timeout=10.0)
         queue.ensure_destinations(["Segment"])
-        avg = fill_stream(prefix, n)
+        avg = fill_stream(prefix, n, pages, settings)
         deliverer = Deliverer(settings, queue)
         delivered = 0
         with GcTimer() as collector:
@@ -228,8 +294,8 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated subset: official,official1000,ours,official_gzip,ours_gzip,floor,"
-        "floor_sliced",
+        help="comma-separated subset: official,official1000,ours,official_gzip,ours_gzip,"
+        "official_pages,ours_pages,floor,floor_sliced",
     )
     args = parser.parse_args()
     n, runs = args.events, args.runs
@@ -246,6 +312,8 @@ def main() -> None:
         "ours": "segment_mw Deliverer.flush_destination (Redis)",
         "official_gzip": "official library Consumer, gzip=True",
         "ours_gzip": "segment_mw Deliverer.flush_destination, gzip: True",
+        "official_pages": "official library Consumer, pageviews with context (default)",
+        "ours_pages": "segment_mw Deliverer, the middleware's pageviews (completed here)",
         "floor": "floor: XREADGROUP + join + XACK (2500/read)",
         "floor_sliced": "floor: the same, read as XREADGROUPs of 250 in one round trip",
     }
@@ -257,6 +325,8 @@ def main() -> None:
         "ours": lambda url: run_ours(url, n),
         "official_gzip": lambda url: run_official(url, n, 100, gzip=True),
         "ours_gzip": lambda url: run_ours(url, n, gzip=True),
+        "official_pages": lambda url: run_official(url, n, 100, pages=True),
+        "ours_pages": lambda url: run_ours(url, n, pages=True),
         "floor": lambda url: run_floor(n, 2500),
         "floor_sliced": lambda url: run_floor(n, 2500, READ_SLICE),
     }
@@ -313,16 +383,22 @@ def main() -> None:
         return n / median([r["wall"] for r in results[key]])
 
     print()
-    for ours, theirs in (("ours", "official"), ("ours_gzip", "official_gzip")):
+    for ours, theirs, what in (
+        ("ours", "official", ""),
+        ("ours_gzip", "official_gzip", " (gzip)"),
+        ("ours_pages", "official_pages", " (pageviews)"),
+    ):
         if ours not in results or theirs not in results:
             continue
         ratio = rate_of(ours) / rate_of(theirs)
         print(
-            f"target{' (gzip)' if 'gzip' in ours else ''}: segment_mw >= {TARGET_RATIO:.0f}x "
+            f"target{what}: segment_mw >= {TARGET_RATIO:.0f}x "
             f"the official library per worker process -> {ratio:.1f}x: "
             f"{'MET' if ratio >= TARGET_RATIO else 'NOT MET'}"
         )
-    print(f"(mean serialised event: {int(results['ours'][0]['event_bytes'])} bytes)")
+    for key, what in (("ours", "track event"), ("ours_pages", "pageview, as queued")):
+        if key in results:
+            print(f"(mean serialised {what}: {int(results[key][0]['event_bytes'])} bytes)")
 
 
 if __name__ == "__main__":
