@@ -169,16 +169,21 @@ def user_agent_data(headers: Mapping[str, str]) -> dict[str, Any] | None:
 
 
 # -- campaign --------------------------------------------------------------------------
+# A utm_ parameter's name after the prefix, and its value (everything after the first "=").
+_UTM_PARAMETER = re.compile(r"(?:^|&)utm_([^&=]*)=?([^&]*)", re.IGNORECASE | re.ASCII)
+
+
 def campaign_from(query: str) -> dict[str, str]:
-    """``context.campaign`` from ``utm_*`` parameters (``utm_campaign`` becomes ``name``)."""
+    """``context.campaign`` from ``utm_*`` parameters (``utm_campaign`` becomes ``name``).
+
+    The parameters are picked out of the query in C: this runs for every pageview the
+    worker completes, and most of a query's parameters are no campaign's.
+    """
     if "utm_" not in query:
         return {}
     campaign: dict[str, str] = {}
-    for part in query.split("&"):
-        if part[:4].lower() != "utm_":
-            continue
-        key, _, value = part.partition("=")
-        name = _form_decode(key[4:]).lower()
+    for key, value in _UTM_PARAMETER.findall(query):
+        name = _form_decode(key).lower()
         if name:
             campaign["name" if name == "campaign" else name] = _form_decode(value)
     return campaign

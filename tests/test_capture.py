@@ -55,3 +55,47 @@ def test_the_streams_session_cookies_give_the_ga4_session_ids():
     info = RequestInfo("GET", "https", "shop.example", "/", cookies=cookies)
     google = capture(info, settings).scope.context["googleAnalytics"]
     assert google["sessionIds"] == {"ABC123DEF4": "1700000500", "OLDSTREAM1": "1700000400"}
+
+
+def _campaign_by_parameter(query: str) -> dict[str, str]:
+    """The campaign rule read the long way: each parameter in turn (utm_ in any case)."""
+    from urllib.parse import unquote_plus
+
+    if "utm_" not in query:
+        return {}
+    campaign: dict[str, str] = {}
+    for part in query.split("&"):
+        if part[:4].lower() == "utm_":
+            key, _, value = part.partition("=")
+            name = unquote_plus(key[4:]).lower()
+            if name:
+                campaign["name" if name == "campaign" else name] = unquote_plus(value)
+    return campaign
+
+
+def test_the_campaign_is_read_from_the_utm_parameters():
+    from segment_mw.request_context import campaign_from
+
+    assert campaign_from("utm_source=news&utm_medium=email&utm_campaign=spring+sale&ref=x") == {
+        "source": "news",
+        "medium": "email",
+        "name": "spring sale",
+    }
+    assert campaign_from("UTM_Source=a&utm_term=b%20c") == {"source": "a", "term": "b c"}
+    assert campaign_from("utm_=x&utm_content") == {"content": ""}
+    assert campaign_from("xutm_source=a&utm_id=1=2") == {"id": "1=2"}
+    assert campaign_from("utm_source=a&utm_source=b") == {"source": "b"}
+    assert campaign_from("q=utm_source") == {}
+
+
+def test_the_campaign_agrees_with_reading_each_parameter_in_turn():
+    import random
+
+    from segment_mw.request_context import campaign_from
+
+    pieces = ["utm_", "UTM_", "uTm_", "source", "campaign", "=", "&", "&", "x", "%20", "%3D"]
+    pieces += ["+", "", "é", "utm", "_", "%C3%A9", "%"]
+    rnd = random.Random(11)
+    for _ in range(50_000):
+        query = "".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 12)))
+        assert campaign_from(query) == _campaign_by_parameter(query), query
