@@ -169,21 +169,25 @@ def user_agent_data(headers: Mapping[str, str]) -> dict[str, Any] | None:
 
 
 # -- campaign --------------------------------------------------------------------------
-# A utm_ parameter's name after the prefix, and its value (everything after the first "=").
-_UTM_PARAMETER = re.compile(r"(?:^|&)utm_([^&=]*)=?([^&]*)", re.IGNORECASE | re.ASCII)
+# The campaign as analytics.js reads it (Segment's utm-params), so that a server-side
+# pageview names the same campaign as the browser's: parameters whose names begin with
+# "utm_" exactly, a "?" separating parameters as "&" does; the rest of the name and the
+# value are form-decoded. Matched: the rest of the name, then the value (after the first =).
+_UTM_PARAMETER = re.compile(r"(?:^|[&?])utm_([^&?=]*)=?([^&?]*)")
 
 
 def campaign_from(query: str) -> dict[str, str]:
     """``context.campaign`` from ``utm_*`` parameters (``utm_campaign`` becomes ``name``).
 
     The parameters are picked out of the query in C: this runs for every pageview the
-    worker completes, and most of a query's parameters are no campaign's.
+    worker completes, and most of a query's parameters are no campaign's. A name given
+    twice keeps its last value.
     """
     if "utm_" not in query:
         return {}
     campaign: dict[str, str] = {}
     for key, value in _UTM_PARAMETER.findall(query):
-        name = _form_decode(key).lower()
+        name = _form_decode(key)
         if name:
             campaign["name" if name == "campaign" else name] = _form_decode(value)
     return campaign

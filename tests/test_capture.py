@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from segment_mw import bots
 from segment_mw.capture import RequestInfo, capture
 from segment_mw.config import load_settings
@@ -58,19 +60,47 @@ def test_the_streams_session_cookies_give_the_ga4_session_ids():
 
 
 def _campaign_by_parameter(query: str) -> dict[str, str]:
-    """The campaign rule read the long way: each parameter in turn (utm_ in any case)."""
+    """The campaign rule read the long way, as analytics.js's utm-params reads it: "?"
+    separates parameters as "&" does, and only names that begin with "utm_" count."""
     from urllib.parse import unquote_plus
 
-    if "utm_" not in query:
-        return {}
     campaign: dict[str, str] = {}
-    for part in query.split("&"):
-        if part[:4].lower() == "utm_":
+    for part in query.replace("?", "&").split("&"):
+        if part.startswith("utm_"):
             key, _, value = part.partition("=")
-            name = unquote_plus(key[4:]).lower()
+            name = unquote_plus(key[4:])
             if name:
                 campaign["name" if name == "campaign" else name] = unquote_plus(value)
     return campaign
+
+
+# The cases of Segment's own utm-params tests (the module analytics.js reads the campaign
+# with), as query strings and the campaigns its tests expect.
+UTM_PARAMS_CASES = [
+    (
+        "utm_source=source&utm_medium=medium&utm_term=term&utm_content=content"
+        "&utm_campaign=name&utm_test=test&utm_fake=fake",
+        {
+            "content": "content",
+            "medium": "medium",
+            "name": "name",
+            "source": "source",
+            "term": "term",
+            "fake": "fake",
+            "test": "test",
+        },
+    ),
+    ("xyz=abc&utm_woot=woot&bar=foo&abc_utm_def=hi", {"woot": "woot"}),
+    ("utm_campaign=foo", {"name": "foo"}),
+    ("utm_campaign=foo?utm_source=baz", {"name": "foo", "source": "baz"}),
+]
+
+
+@pytest.mark.parametrize(("query", "campaign"), UTM_PARAMS_CASES)
+def test_the_campaign_is_read_as_analytics_js_reads_it(query, campaign):
+    from segment_mw.request_context import campaign_from
+
+    assert campaign_from(query) == campaign
 
 
 def test_the_campaign_is_read_from_the_utm_parameters():
@@ -81,7 +111,12 @@ def test_the_campaign_is_read_from_the_utm_parameters():
         "medium": "email",
         "name": "spring sale",
     }
-    assert campaign_from("UTM_Source=a&utm_term=b%20c") == {"source": "a", "term": "b c"}
+    # Names are taken as sent, as analytics.js takes them.
+    assert campaign_from("UTM_Source=a&utm_term=b%20c&utm_Medium=m") == {
+        "term": "b c",
+        "Medium": "m",
+    }
+    assert campaign_from("UTM_SOURCE=a") == {}
     assert campaign_from("utm_=x&utm_content") == {"content": ""}
     assert campaign_from("xutm_source=a&utm_id=1=2") == {"id": "1=2"}
     assert campaign_from("utm_source=a&utm_source=b") == {"source": "b"}
@@ -94,7 +129,7 @@ def test_the_campaign_agrees_with_reading_each_parameter_in_turn():
     from segment_mw.request_context import campaign_from
 
     pieces = ["utm_", "UTM_", "uTm_", "source", "campaign", "=", "&", "&", "x", "%20", "%3D"]
-    pieces += ["+", "", "é", "utm", "_", "%C3%A9", "%"]
+    pieces += ["+", "", "é", "utm", "_", "%C3%A9", "%", "?"]
     rnd = random.Random(11)
     for _ in range(50_000):
         query = "".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 12)))
