@@ -134,3 +134,42 @@ def test_the_campaign_agrees_with_reading_each_parameter_in_turn():
     for _ in range(50_000):
         query = "".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 12)))
         assert campaign_from(query) == _campaign_by_parameter(query), query
+
+
+def test_a_secret_after_a_second_question_mark_is_scrubbed():
+    from segment_mw.capture import scrub_query
+
+    denied = frozenset({"token", "password"})
+    assert scrub_query("step=2?token=s3cr3t", denied) == "step=2"
+    assert scrub_query("next=/reset?token=abc&x=1", denied) == "next=/reset&x=1"
+    assert scrub_query("token=x?a=1", denied) == "a=1"
+    assert scrub_query("a=1?b=2", denied) == "a=1?b=2"  # nothing dropped: kept as sent
+    assert scrub_query("a=1&Token=2&b=3", denied) == "a=1&b=3"
+    assert scrub_query("a=1&to%6Ben=2", denied) == "a=1"
+
+
+def test_scrubbing_keeps_every_other_parameter_as_sent():
+    import random
+    import re
+    from urllib.parse import unquote_plus
+
+    from segment_mw.capture import scrub_query
+
+    denied = frozenset({"token", "key"})
+    pieces = ["token", "Token", "key", "a", "b", "=", "&", "?", "%6Ben", "+", " ", "x", "=1"]
+    rnd = random.Random(5)
+    for _ in range(20_000):
+        query = "".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 10)))
+        scrubbed = scrub_query(query, denied)
+        parts = re.split(r"[&?]", scrubbed) if scrubbed else []
+        names = [unquote_plus(p.partition("=")[0]).strip().lower() for p in parts]
+        assert not denied & set(names), (query, scrubbed)
+        kept = [
+            p
+            for p in re.split(r"[&?]", query)
+            if unquote_plus(p.partition("=")[0]).strip().lower() not in denied
+        ]
+        if scrubbed:
+            assert parts == kept, query  # the rest, in order and as sent
+        else:
+            assert not any(kept), query  # nothing but empty parts was left to keep

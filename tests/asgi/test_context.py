@@ -169,6 +169,20 @@ def test_secrets_are_scrubbed_from_query_and_referrer(segment_events):
         assert secret not in raw
 
 
+def test_a_secret_after_a_second_question_mark_is_scrubbed(segment_events):
+    event = visit(
+        segment_events,
+        "/reset?step=2?token=s3cr3t",
+        headers={"referer": "https://mail.example/inbox?tab=1?password=hunter2"},
+    )
+    page_fields = event["context"]["page"]
+    assert page_fields["search"] == "?step=2"
+    assert page_fields["referrer"] == "https://mail.example/inbox?tab=1"
+    raw = segment_events.entries[0].body
+    for secret in (b"s3cr3t", b"hunter2"):
+        assert secret not in raw
+
+
 def test_authorization_and_cookie_are_never_captured(segment_events):
     visit(
         segment_events,
